@@ -1,0 +1,5 @@
+import sys
+
+from vsrt.cli import main
+
+sys.exit(main())

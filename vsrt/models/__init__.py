@@ -1,0 +1,1 @@
+"""vsrt.models"""

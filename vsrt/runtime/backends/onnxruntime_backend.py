@@ -1,0 +1,135 @@
+"""ONNX Runtime backend (CPU by default; CUDA / TensorRT execution providers when installed and asked for)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vsrt.errors import BackendUnavailableError, InputError
+from vsrt.manifest import TensorSpec
+from vsrt.runtime.backends.base import check_feeds
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+    "tensor(double)": "float64",
+}
+
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+def available_providers() -> list[str]:
+    """ONNX Runtime execution providers usable in this process."""
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def resolve_providers(
+    providers: list[str] | None, provider_options: dict[str, dict[str, Any]] | None = None
+) -> list[Any]:
+    """Turn short names (``cpu``, ``cuda``, ``tensorrt``) into ONNX Runtime provider entries.
+
+    A provider that is asked for but not installed is an error naming what to install, never a silent
+    fallback.
+    """
+    avail = available_providers()
+    names = [PROVIDER_ALIASES.get(p, p) for p in (providers or ["cpu"])]
+    out: list[Any] = []
+    for n in names:
+        if n not in avail:
+            hint = "pip install 'vsrt[gpu]' (onnxruntime-gpu) on a CUDA machine" if n != "CPUExecutionProvider" else ""
+            raise BackendUnavailableError(
+                f"ONNX Runtime provider {n} is not available here (available: {', '.join(avail)}). {hint}".strip()
+            )
+        opts = (provider_options or {}).get(n)
+        out.append((n, opts) if opts else n)
+    if "CPUExecutionProvider" not in names:
+        out.append("CPUExecutionProvider")
+    return out
+
+
+class OrtBackend:
+    """Runs one ONNX file with ONNX Runtime.
+
+    Args:
+        path: the ONNX file.
+        providers: short or full provider names in priority order (default ``["cpu"]``).
+        provider_options: per-provider option dicts, keyed by full provider name.
+        intra_op_threads: threads for one op (default: ONNX Runtime's choice, or ``VSRT_ORT_THREADS``).
+        stage: stage name used in error messages.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        path: str | Path,
+        providers: list[str] | None = None,
+        provider_options: dict[str, dict[str, Any]] | None = None,
+        intra_op_threads: int | None = None,
+        stage: str = "",
+    ) -> None:
+        import onnxruntime as ort
+
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"ONNX file not found: {p}")
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        threads = intra_op_threads or int(os.environ.get("VSRT_ORT_THREADS", "0") or 0)
+        if threads:
+            so.intra_op_num_threads = threads
+        so.log_severity_level = 3
+        self.stage = stage or p.stem
+        self.path = p
+        try:
+            self.session = ort.InferenceSession(
+                str(p), sess_options=so, providers=resolve_providers(providers, provider_options)
+            )
+        except BackendUnavailableError:
+            raise
+        except Exception as exc:
+            raise InputError(f"ONNX Runtime could not load {p}: {exc}") from None
+        self._inputs = [self._spec(i) for i in self.session.get_inputs()]
+        self._outputs = [self._spec(o) for o in self.session.get_outputs()]
+
+    @staticmethod
+    def _spec(arg: Any) -> TensorSpec:
+        shape = [d if isinstance(d, int) else (d or "?") for d in arg.shape]
+        return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, arg.type), shape)
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
+
+    @property
+    def providers(self) -> list[str]:
+        """The providers the session actually uses."""
+        return list(self.session.get_providers())
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_feeds(self.stage, self._inputs, feeds)
+        cast = {}
+        for s in self._inputs:
+            a = np.asarray(feeds[s.name])
+            want = np.dtype(s.dtype) if s.dtype in _ORT_TYPES.values() else a.dtype
+            cast[s.name] = np.ascontiguousarray(a, dtype=want)
+        outs = self.session.run(None, cast)
+        return {o.name: v for o, v in zip(self._outputs, outs)}
