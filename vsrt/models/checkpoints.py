@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,10 @@ def load_torch_checkpoint(path: str | Path, extra_globals: tuple[Any, ...] = ())
         raise CheckpointError(f"checkpoint {p} is empty")
     allowed = list(ALLOWED_EXTRA_GLOBALS) + list(extra_globals)
     try:
-        with torch.serialization.safe_globals(allowed):
+        with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
+            # torch warns that pickle_load_args need weights_only=False, yet passes `encoding` to its restricted
+            # unpickler (Python 2 str opcodes are decoded with it); the warning is noise here.
+            warnings.filterwarnings("ignore", message="pickle_load_args only works")
             return torch.load(p, map_location="cpu", weights_only=True, encoding="latin1")
     except pickle.UnpicklingError as exc:
         msg = str(exc)
@@ -52,7 +56,8 @@ def load_torch_checkpoint(path: str | Path, extra_globals: tuple[Any, ...] = ())
             ) from None
         raise CheckpointError(f"{p} is not a readable torch checkpoint: {msg[:300]}") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{p} is not a readable torch checkpoint ({type(exc).__name__}: {str(exc)[:300]})") from None
+        detail = f"{type(exc).__name__}: {str(exc)[:300]}"
+        raise CheckpointError(f"{p} is not a readable torch checkpoint ({detail})") from None
 
 
 def namespace_to_dict(opt: Any) -> dict[str, Any]:

@@ -112,7 +112,8 @@ def load_vocab(path: str | Path) -> Vocabulary:
     except UnsafePickleError:
         raise
     except Exception as exc:
-        raise CheckpointError(f"vocabulary {p} is not a readable vocabulary pickle ({type(exc).__name__}: {exc})") from None
+        detail = f"{type(exc).__name__}: {exc}"
+        raise CheckpointError(f"vocabulary {p} is not a readable vocabulary pickle ({detail})") from None
     if not isinstance(obj, _VocabState) or not isinstance(getattr(obj, "word2idx", None), dict):
         raise CheckpointError(f"vocabulary {p}: pickle does not hold a Vocabulary with a word2idx dict")
     return Vocabulary.from_mapping(obj.word2idx, str(p))

@@ -1,0 +1,1 @@
+"""Training on region features in the SCAN precomputed layout (torch)."""
