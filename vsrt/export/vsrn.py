@@ -8,7 +8,8 @@ from torch import nn
 
 from vsrt.export.spec import StageExport
 from vsrt.manifest import TensorSpec
-from vsrt.models.vsrn import VSRNConfig, VSRNImageEncoder, VSRNTextEncoder
+from vsrt.models.common import l2norm
+from vsrt.models.vsrn import RsGCN, VSRNConfig, VSRNImageEncoder, VSRNTextEncoder
 
 #: TensorRT profile bounds used unless overridden
 BATCH_MIN, BATCH_OPT, BATCH_MAX = 1, 32, 128
@@ -46,13 +47,75 @@ class _TextForExport(nn.Module):
         return self.enc(tokens, lengths)
 
 
+class FusedRsGCN(nn.Module):
+    """An eval-mode :class:`~vsrt.models.vsrn.RsGCN` rewritten with half the large matrix products.
+
+    With ``X = vᵀ`` (regions × channels), the original computes ``θ = Xθ_wᵀ+θ_b``, ``φ = Xφ_wᵀ+φ_b``,
+    ``g = Xg_wᵀ+g_b``, ``R = θφᵀ/N``, ``out = BN(W0(Rg)) + v``: four C×C products per region. Because every step is
+    linear, ``θφᵀ = X(θ_wᵀφ_w)Xᵀ + X(θ_wᵀφ_b)1ᵀ + 1(φ_wᵀθ_b)ᵀXᵀ + θ_b·φ_b`` and
+    ``BN(W0(Rg)) = R(X(A g_w)ᵀ + A g_b) + a0`` with ``A``/``a0`` the BN-folded ``W0``. Both C×C matrices are
+    precomposed once and applied in ONE product ``X·[M | Gᵀ]``: 2·N·C² multiply-adds instead of 4·N·C². The result
+    equals the original up to float rounding; parity is measured against the original module at export.
+    """
+
+    def __init__(self, gcn: RsGCN) -> None:
+        super().__init__()
+        conv, bn = gcn.W[0], gcn.W[1]
+        with torch.no_grad():
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            a = conv.weight[:, :, 0] * scale[:, None]  # C × C'
+            a0 = conv.bias * scale + bn.bias - bn.running_mean * scale
+            th_w, th_b = gcn.theta.weight[:, :, 0].double(), gcn.theta.bias.double()
+            ph_w, ph_b = gcn.phi.weight[:, :, 0].double(), gcn.phi.bias.double()
+            g_w, g_b = gcn.g.weight[:, :, 0].double(), gcn.g.bias.double()
+            m = th_w.t() @ ph_w  # C × C
+            gt = (a.double() @ g_w).t()  # C × C
+            self.register_buffer("proj", torch.cat([m, gt], 1).float())  # C × 2C
+            self.register_buffer("w_row", (ph_w.t() @ th_b).float())  # C
+            self.register_buffer("u_col", (th_w.t() @ ph_b).float())  # C
+            self.register_buffer("s0", (th_b @ ph_b).float().reshape(1))
+            self.register_buffer("g_bias", (a.double() @ g_b + a0.double()).float())  # C (includes a0 via R·1?)
+            self.register_buffer("a0", a0.float())
+            self.register_buffer("ag_b", (a.double() @ g_b).float())
+        self.c = m.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(B, N, C)`` regions-major (the transpose of the original's layout) → same layout."""
+        n = x.size(1)
+        both = torch.matmul(x, self.proj)  # B,N,2C
+        xm, xg = both[..., : self.c], both[..., self.c :]
+        r = torch.matmul(xm + self.w_row, x.transpose(1, 2)) + (torch.matmul(x, self.u_col) + self.s0).unsqueeze(-1)
+        r = r / n
+        return torch.matmul(r, xg + self.ag_b) + self.a0 + x
+
+
 class _VisualForExport(nn.Module):
+    """VSRN's image encoder with :class:`FusedRsGCN` blocks, regions-major layout throughout (no permutes)."""
+
     def __init__(self, enc: VSRNImageEncoder) -> None:
         super().__init__()
         self.enc = enc
+        self.gcns = nn.ModuleList(
+            FusedRsGCN(g) for g in (enc.Rs_GCN_1, enc.Rs_GCN_2, enc.Rs_GCN_3, enc.Rs_GCN_4)
+        )
 
     def forward(self, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.enc(regions)
+        enc, cfg = self.enc, self.enc.cfg
+        x = enc.fc(regions)
+        if cfg.variant == "coco":
+            x = l2norm(x, dim=1)
+        for g in self.gcns:
+            x = g(x)
+        gcn = l2norm(x, dim=1)
+        _, h = enc.img_rnn(gcn)
+        feat = h[0]
+        if cfg.variant == "f30k":
+            feat = enc.bn(feat)
+        if not cfg.no_imgnorm:
+            feat = l2norm(feat, dim=1)
+        if cfg.use_abs:
+            feat = feat.abs()
+        return feat, gcn
 
 
 def visual_tensor_specs(cfg: VSRNConfig) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -90,6 +153,9 @@ def stage_exports(cfg: VSRNConfig, modules: dict[str, nn.Module]) -> list[StageE
     vin, vout = visual_tensor_specs(cfg)
     tin, tout = text_tensor_specs(cfg.embed_size)
 
+    def visual_reference(regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return img(regions)
+
     def text_reference(tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         return txt.forward_packed(tokens, lengths), None
 
@@ -100,7 +166,9 @@ def stage_exports(cfg: VSRNConfig, modules: dict[str, nn.Module]) -> list[StageE
             vin,
             vout,
             lambda b, s, **_: (random_regions(b, s, cfg.num_regions, cfg.img_dim),),
-            info={"family": "vsrn", "variant": cfg.variant},
+            reference=visual_reference,
+            info={"family": "vsrn", "variant": cfg.variant, "rs_gcn": "fused (2 C×C products per block)",
+                  "reference": "original EncoderImagePrecompAttn (unfused Rs_GCN)"},
         ),
         StageExport(
             "text",
