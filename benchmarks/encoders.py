@@ -13,7 +13,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -24,6 +23,7 @@ from vsrt.export.vsrn import random_captions, random_regions, stage_exports  # n
 from vsrt.manifest import Manifest  # noqa: E402
 from vsrt.models.vsrn import VSRNConfig, build  # noqa: E402
 from vsrt.runtime.backends.onnxruntime_backend import OrtBackend  # noqa: E402
+
 
 #: multiply-accumulates per image of the full-size VSRN image encoder (fc + 4 Rs_GCN + 36-step GRU)
 def image_encoder_macs(cfg: VSRNConfig) -> float:
@@ -82,7 +82,10 @@ def main() -> None:
             t_torch = time_fn(eager)
             t_ort = time_fn(lambda feeds=feeds, stage=stage: backends[stage].run(feeds))
             row = {
-                "stage": stage, "batch": b, "torch_eager_ms": t_torch["median_ms"], "onnxruntime_ms": t_ort["median_ms"],
+                "stage": stage,
+                "batch": b,
+                "torch_eager_ms": t_torch["median_ms"],
+                "onnxruntime_ms": t_ort["median_ms"],
                 "speedup_ort_vs_eager": t_torch["median_ms"] / t_ort["median_ms"],
                 "items_per_s_ort": b / (t_ort["median_ms"] / 1e3),
             }
@@ -96,14 +99,26 @@ def main() -> None:
                 row["ort_actual_fraction_of_gemm_peak"] = actual / gflops
                 row["torch_gflops"] = flops / (t_torch["median_ms"] / 1e3) / 1e9
             rows.append(row)
-            print(f"{stage:6s} b={b:3d}  torch {t_torch['median_ms']:9.2f} ms  ort {t_ort['median_ms']:9.2f} ms  "
-                  f"×{row['speedup_ort_vs_eager']:.2f}" + (f"  ort {row['ort_gflops']:.1f} GFLOP/s "
-                                                           f"effective ({100 * row['ort_actual_fraction_of_gemm_peak']:.0f}% of GEMM peak in real FLOPs)"
-                                                           if stage == "visual" else ""))
+            print(
+                f"{stage:6s} b={b:3d}  torch {t_torch['median_ms']:9.2f} ms  ort {t_ort['median_ms']:9.2f} ms  "
+                f"×{row['speedup_ort_vs_eager']:.2f}"
+                + (
+                    f"  ort {row['ort_gflops']:.1f} GFLOP/s "
+                    f"effective ({100 * row['ort_actual_fraction_of_gemm_peak']:.0f}% of GEMM peak in real FLOPs)"
+                    if stage == "visual"
+                    else ""
+                )
+            )
     out = {
-        "benchmark": "encoders", "model": "VSRN full size (D=2048, 36x2048 regions, word_dim 300), random weights",
-        "threads": args.threads, "gemm_fp32_gflops": gflops, "image_encoder_gmac_per_image": image_encoder_macs(cfg) / 1e9,
-        "rows": rows, "parity": parity, "machine": machine(), "torch": torch.__version__,
+        "benchmark": "encoders",
+        "model": "VSRN full size (D=2048, 36x2048 regions, word_dim 300), random weights",
+        "threads": args.threads,
+        "gemm_fp32_gflops": gflops,
+        "image_encoder_gmac_per_image": image_encoder_macs(cfg) / 1e9,
+        "rows": rows,
+        "parity": parity,
+        "machine": machine(),
+        "torch": torch.__version__,
         "onnxruntime": __import__("onnxruntime").__version__,
     }
     print(f"FP32 GEMM rate: {gflops:.1f} GFLOP/s  → {write_results('encoders', out)}")

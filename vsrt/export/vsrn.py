@@ -74,7 +74,6 @@ class FusedRsGCN(nn.Module):
             self.register_buffer("w_row", (ph_w.t() @ th_b).float())  # C
             self.register_buffer("u_col", (th_w.t() @ ph_b).float())  # C
             self.register_buffer("s0", (th_b @ ph_b).float().reshape(1))
-            self.register_buffer("g_bias", (a.double() @ g_b + a0.double()).float())  # C (includes a0 via R·1?)
             self.register_buffer("a0", a0.float())
             self.register_buffer("ag_b", (a.double() @ g_b).float())
         self.c = m.shape[0]
