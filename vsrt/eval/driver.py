@@ -32,7 +32,10 @@ def similarity_matrix(
     batch_size: int = 128,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> np.ndarray:
-    """``[N_img, N_cap]`` similarities: cosine of global embeddings (dual-encoder families)."""
+    """``[N_img, N_cap]`` similarities: cosine of global embeddings (dual-encoder families), or the full fused score
+    ``S_G + μ·S_L`` for families with a ``pair_scorer`` stage (VSR++; see :mod:`vsrt.runtime.pairwise`)."""
+    if "pair_scorer" in model.manifest.stages:
+        return _pairwise_similarity_matrix(model, images, captions, batch_size, progress)
     img = []
     for i in range(0, len(images), batch_size):
         img.append(model.encode_regions(np.asarray(images[i : i + batch_size], np.float32), batch_size))
@@ -44,6 +47,25 @@ def similarity_matrix(
         if progress:
             progress("captions", min(i + batch_size, len(captions)), len(captions))
     return RetrievalModel.similarity(np.concatenate(img), np.concatenate(txt))
+
+
+def _pairwise_similarity_matrix(
+    model: RetrievalModel,
+    images: np.ndarray,
+    captions: list[str],
+    batch_size: int,
+    progress: Callable[[str, int, int], None] | None,
+) -> np.ndarray:
+    """The full fused matrix of a pairwise family: every (image, caption) pair through ``pair_scorer``."""
+    from vsrt.runtime.pairwise import PairwiseScorer, encode_caption_items, encode_image_items
+
+    imgs = encode_image_items(model, np.asarray(images, np.float32), batch_size)
+    if progress:
+        progress("images", len(images), len(images))
+    caps = encode_caption_items(model, captions, batch_size)
+    if progress:
+        progress("captions", len(captions), len(captions))
+    return PairwiseScorer(model).fused_matrix(imgs, caps, progress)
 
 
 def evaluate_split(

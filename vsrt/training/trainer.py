@@ -94,7 +94,7 @@ def fit(
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if on_step:
                 on_step(epoch, step, float(loss))
         model.train_mode(False)

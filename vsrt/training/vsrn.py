@@ -39,7 +39,7 @@ class VSRNTrainable:
         return contrastive_loss(im, s, self.margin, max_violation)
 
     def similarities(self, images: np.ndarray, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        im = torch.cat([self.img(torch.from_numpy(np.asarray(images[i : i + 256], np.float32)))[0]
+        im = torch.cat([self.img(torch.from_numpy(np.array(images[i : i + 256], np.float32)))[0]
                         for i in range(0, len(images), 256)])
         caps = []
         for i in range(0, len(tokens), 512):
