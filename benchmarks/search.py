@@ -1,0 +1,431 @@
+"""Gallery search speed against the machine's memory bandwidth: vsrt exact search vs plain numpy vs faiss.
+
+For galleries of N × D unit vectors (default 100K and 1M × 2048) stored as FP32, FP16 and INT8 (vsrt's gallery
+format, memory-mapped), top-10 for query batches of 1, 8 and 32:
+
+* ``vsrt`` — :func:`vsrt.runtime.search.exact_search` (blocked ONNX Runtime kernel, bounded memory);
+* ``numpy`` — plain numpy: the stored array converted to float32 (in 64K-row slices, so the 1M gallery fits in
+  memory), ``scores = G @ Q.T``, ``argsort`` over the whole gallery;
+* ``faiss-flat`` — faiss ``IndexFlatIP`` on a float32 copy of the stored values (what faiss users do);
+* ``faiss-sq`` — faiss's own compressed storage: ``IndexScalarQuantizer`` fp16 (exact on FP16 values) / 8-bit.
+
+The limit: one pass over the stored bytes at the **measured** read bandwidth (a large array summed as uint64,
+one and two threads, measured in this run before and after the searches; the best is used), and for batches the
+compute roofline (``2·N·D·batch`` flops at the measured float32 GEMM peak of ONNX Runtime's MLAS). Recall of each
+storage against exact FP32 search is reported for the same queries (noisy copies of gallery items).
+
+    python benchmarks/search.py                                # 100K and 1M × 2048 (about 15 GB of galleries)
+    python benchmarks/search.py --sizes 100000 --name search_100k
+
+Above ``--large`` items the script times fewer points (vsrt at batches 1 and 32; numpy once at batch 32, faiss once
+at batch 1: ``--large-slow-batches``) so that the whole run stays within about ten minutes on a 2-core machine.
+Writes benchmarks/results/search.json and search.png. The generated galleries (in --workdir) are deleted after
+each size unless --keep is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, machine, write_results  # noqa: E402
+
+from vsrt.runtime.doctor import system_metadata  # noqa: E402
+from vsrt.runtime.gallery import Gallery, GalleryError  # noqa: E402
+from vsrt.runtime.search import default_threads, exact_search  # noqa: E402
+
+K = 10
+SEED = 0
+
+
+def _mem_available_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("inf")
+
+
+def _best(fn, repeats: int) -> dict[str, Any]:
+    """Time ``fn`` ``repeats`` times (ms); the last call's return value is kept under ``"result"``."""
+    times = []
+    out = None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return {"min_ms": float(np.min(times)), "median_ms": float(np.median(times)), "repeats": repeats, "result": out}
+
+
+def read_bandwidth(gib: float = 1.0) -> dict[str, float]:
+    """Read bandwidth (GB/s) of summing a ``gib`` GiB array as uint64, 1 and 2 threads (best of 5)."""
+    a = np.ones(int(gib * 2**30) // 8, np.uint64)
+
+    def one() -> None:
+        a.sum()
+
+    def two() -> None:
+        h = len(a) // 2
+        with ThreadPoolExecutor(2) as p:
+            list(p.map(lambda s: a[s].sum(), [slice(0, h), slice(h, None)]))
+
+    out = {}
+    for name, fn in (("1_thread", one), ("2_threads", two)):
+        fn()
+        out[name] = a.nbytes / (_best(fn, 5)["min_ms"] / 1e3) / 1e9
+    return out
+
+
+def gemm_peak() -> float:
+    """float32 GEMM GFLOP/s of ONNX Runtime's MLAS on in-cache data ([2048, 2048] × [2048, 32])."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "g",
+                          [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2048, 2048]),
+                           helper.make_tensor_value_info("b", TensorProto.FLOAT, [2048, 32])],
+                          [helper.make_tensor_value_info("c", TensorProto.FLOAT, [2048, 32])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
+    b = np.random.default_rng(1).standard_normal((2048, 32)).astype(np.float32)
+    t = _best(lambda: [s.run(None, {"a": a, "b": b}) for _ in range(20)], 5)["min_ms"] / 20
+    return 2 * 2048 * 2048 * 32 / (t / 1e3) / 1e9
+
+
+def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+_BASE: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _block_vectors(lo: int, n: int, d: int, step: int = 65536) -> np.ndarray:
+    """Gallery items ``lo…lo+step-1``, the same whatever the storage: one seeded block of random unit vectors,
+    and for every later block that block with a seeded random sign per dimension and a seeded row permutation
+    (still unit vectors, all distinct; generating 2·10⁹ normal deviates for 1M × 2048 would dominate the run)."""
+    key = (d, step)
+    if key not in _BASE:
+        _BASE.clear()
+        _BASE[key] = unit_rows(np.random.default_rng([SEED, 0]), step, d)
+    base = _BASE[key]
+    rows = min(step, n - lo)
+    if lo == 0:
+        return base[:rows].copy()
+    rng = np.random.default_rng([SEED, lo])
+    signs = np.where(rng.random(d) < 0.5, -1.0, 1.0).astype(np.float32)
+    return base[rng.permutation(step)[:rows]] * signs
+
+
+def _queries_from(x: np.ndarray, m: int) -> np.ndarray:
+    """Noisy copies of ``m`` items of the first block (a meaningful top-k: one near neighbour, then close
+    competitors; where the matches lie does not change the time of an exhaustive scan)."""
+    rng = np.random.default_rng([SEED, 999])
+    rows = np.sort(rng.choice(len(x), m, replace=False))
+    q = x[rows] + 0.5 * unit_rows(rng, m, x.shape[1])
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
+def make_galleries(workdir: Path, n: int, d: int, storages: list[str], m: int
+                   ) -> tuple[dict[str, Gallery], np.ndarray, np.ndarray]:
+    """Galleries of ``n`` random unit vectors in every storage, the queries and their exact FP32 top-K over the
+    generated vectors themselves (before any storage), all in one pass over the data (each 64K block is
+    generated once, written to every storage and scored for the reference, then freed). Reused when complete."""
+    import shutil
+
+    paths = {s: workdir / f"g{n}_{d}_{s}" for s in storages}
+    qpath, rpath = workdir / f"queries{n}_{d}_{m}.npy", workdir / f"ref{n}_{d}_{m}.npy"
+    done = qpath.is_file() and rpath.is_file()
+    for path in paths.values():
+        done = done and (path / "gallery.json").is_file() and len(Gallery.open(path, check="size")) == n
+    if done:
+        return {s: Gallery.open(p, check="size") for s, p in paths.items()}, np.load(qpath), np.load(rpath)
+    gals = {}
+    for s, path in paths.items():  # an interrupted run's galleries are resumed (appends are whole 64K blocks)
+        try:
+            gals[s] = Gallery.create(path, d, s, {"family": "synthetic", "config_sha256": "0" * 64}, exist_ok=True)
+        except GalleryError:
+            shutil.rmtree(path)
+            gals[s] = Gallery.create(path, d, s, {"family": "synthetic", "config_sha256": "0" * 64})
+    step = 65536
+    q = None
+    best_s = best_i = None
+    t0 = time.perf_counter()
+    for lo in range(0, n, step):
+        x = _block_vectors(lo, n, d, step)
+        if q is None:
+            q = _queries_from(x, m)
+            best_s = np.full((m, 0), -np.inf, np.float32)
+            best_i = np.zeros((m, 0), np.int64)
+        keys = [str(i) for i in range(lo, lo + len(x))]
+        hashes = [f"{i:064x}" for i in range(lo, lo + len(x))]
+        for g in gals.values():
+            if len(g) <= lo:
+                g.add(keys, x, hashes=hashes)
+        s = np.concatenate([best_s, q @ x.T], axis=1)
+        i = np.concatenate([best_i, np.broadcast_to(np.arange(lo, lo + len(x)), (m, len(x)))], axis=1)
+        top = np.argsort(-s, axis=1, kind="stable")[:, :K]
+        best_s, best_i = np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
+        del x, s, i
+        print(f"  generated {lo + min(step, n - lo)}/{n} × {d} ({', '.join(storages)}) "
+              f"{time.perf_counter() - t0:.0f} s", end="\r", flush=True)
+    print()
+    assert q is not None and best_i is not None
+    np.save(qpath, q)
+    np.save(rpath, best_i)
+    return {s: Gallery.open(p, check="size") for s, p in paths.items()}, q, best_i
+
+
+def numpy_search(blocks: list, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Plain numpy: float32 conversion (64K-row slices), one matmul per slice, argsort over everything."""
+    parts = []
+    for _, codes, scales in blocks:
+        for lo in range(0, len(codes), 65536):
+            g = np.asarray(codes[lo : lo + 65536], np.float32)
+            s = g @ q.T
+            if scales is not None:
+                s *= scales[lo : lo + 65536, None]
+            parts.append(s)
+    scores = np.concatenate(parts)
+    idx = np.argsort(-scores, axis=0)[:k].T
+    return np.take_along_axis(scores.T, idx, axis=1), idx
+
+
+def faiss_index(blocks: list, d: int, kind: str, storage: str) -> Any:
+    import faiss
+
+    if kind == "faiss-flat":
+        index = faiss.IndexFlatIP(d)
+    else:
+        qt = faiss.ScalarQuantizer.QT_fp16 if storage == "fp16" else faiss.ScalarQuantizer.QT_8bit
+        index = faiss.IndexScalarQuantizer(d, qt, faiss.METRIC_INNER_PRODUCT)
+    first = True
+    for _, codes, scales in blocks:
+        for lo in range(0, len(codes), 65536):
+            x = np.asarray(codes[lo : lo + 65536], np.float32)
+            if scales is not None:
+                x *= scales[lo : lo + 65536, None]
+            if first and not index.is_trained:
+                index.train(x)
+            first = False
+            index.add(x)
+    return index
+
+
+def bench_size(n: int, d: int, storages: list[str], batches: list[int], engines: list[str], workdir: Path,
+               repeats: int, slow_repeats: int, bw: float, peak: float,
+               engine_batches: dict[str, list[int]] | None = None) -> list[dict[str, Any]]:
+    """Every engine × storage × batch on an ``n`` × ``d`` gallery (``engine_batches`` narrows an engine's batches).
+    ``faiss-flat`` runs once per size, on the most precise storage (it searches a float32 copy, so its speed does
+    not depend on the storage)."""
+    engine_batches = engine_batches or {}
+    rows: list[dict[str, Any]] = []
+    gals, q_all, ref_all = make_galleries(workdir, n, d, storages, max(batches))
+    flat_storage = next(s for s in ("fp32", "fp16", "int8") if s in storages)
+    for storage in storages:
+        g = gals.pop(storage)
+        blocks = list(g.blocks())
+        nbytes = g.nbytes()
+        exact_search(blocks, q_all[:1], K)  # one full pass: every engine then reads the same resident pages
+        for engine in engines:
+            index = None
+            if engine == "faiss-sq" and storage == "fp32":
+                continue
+            if engine == "faiss-flat" and storage != flat_storage:
+                continue
+            if engine.startswith("faiss"):
+                need = n * d * (4 if engine == "faiss-flat" else (2 if storage == "fp16" else 1)) / 2**30
+                if need > _mem_available_gib() - 2.0:
+                    rows.append({"n": n, "dim": d, "storage": storage, "engine": engine, "batch": 0, "bytes": nbytes,
+                                 "skipped": f"needs {need:.1f} GiB, not available"})
+                    continue
+                print(f"  {n} {storage}: building {engine}", flush=True)
+                index = faiss_index(blocks, d, engine, storage)
+            for m in engine_batches.get(engine, batches):
+                q = q_all[:m]
+                limit_bw = nbytes / (bw * 1e9) * 1e3
+                limit_compute = 2 * n * d * m / (peak * 1e9) * 1e3
+                common = {"n": n, "dim": d, "storage": storage, "batch": m, "bytes": nbytes,
+                          "bandwidth_limit_ms": limit_bw, "compute_limit_ms": limit_compute,
+                          "roofline_ms": max(limit_bw, limit_compute)}
+                print(f"  {n} {storage} batch {m}: {engine}", flush=True)
+                if engine == "vsrt":
+                    t = _best(lambda q=q, b=blocks: exact_search(b, q, K), repeats)
+                elif engine == "numpy":
+                    t = _best(lambda q=q, b=blocks: numpy_search(b, q, K), slow_repeats)
+                else:
+                    t = _best(lambda q=q, index=index: index.search(q, K), slow_repeats)
+                got = t.pop("result")[1]
+                recall_fp32 = float(np.mean([len(np.intersect1d(a, b)) / K for a, b in zip(got, ref_all[:m])]))
+                rows.append({**common, "engine": engine, **t, "per_query_ms": t["median_ms"] / m,
+                             "ratio_to_bandwidth_limit": t["median_ms"] / limit_bw,
+                             "ratio_to_roofline": t["median_ms"] / max(limit_bw, limit_compute),
+                             "effective_gbps": nbytes / (t["median_ms"] / 1e3) / 1e9,
+                             "recall_at_10_vs_exact_fp32": recall_fp32})
+            del index
+            gc.collect()
+        del blocks, g
+        gc.collect()
+    for r in rows:  # speed-up over numpy on the same storage and batch
+        base = next((b for b in rows if b["engine"] == "numpy" and b["n"] == r["n"] and b["storage"] == r["storage"]
+                     and b["batch"] == r["batch"] and "median_ms" in b), None)
+        if base and "median_ms" in r:
+            r["speedup_vs_numpy"] = base["median_ms"] / r["median_ms"]
+    return rows
+
+
+def plot(rows: list[dict[str, Any]], path: Path, bw: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({r["n"] for r in rows})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(7 * len(sizes), 5), squeeze=False)
+    for ax, n in zip(axes[0], sizes):
+        for (storage, engine), style in _series(rows, n):
+            rs = sorted((r for r in rows if r["n"] == n and r["storage"] == storage and r["engine"] == engine
+                         and "median_ms" in r), key=lambda r: r["batch"])
+            if rs:
+                ax.plot([r["batch"] for r in rs], [r["median_ms"] for r in rs], style, label=f"{engine} {storage}")
+        for storage, ls in (("fp32", ":"), ("fp16", "--"), ("int8", "-.")):
+            lim = [r["bandwidth_limit_ms"] for r in rows
+                   if r["n"] == n and r["storage"] == storage and "bandwidth_limit_ms" in r]
+            if lim:
+                ax.axhline(lim[0], color="k", linestyle=ls, linewidth=1, label=f"bandwidth limit {storage}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("queries per batch")
+        ax.set_ylabel("latency per batch, ms (median)")
+        ax.set_title(f"top-{K} over {n:,} × {rows[0]['dim']} (read bandwidth {bw:.1f} GB/s)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _series(rows: list[dict[str, Any]], n: int) -> list[tuple[tuple[str, str], str]]:
+    colors = {"vsrt": "C0", "numpy": "C1", "faiss-flat": "C2", "faiss-sq": "C3"}
+    marks = {"fp32": "o-", "fp16": "s-", "int8": "^-"}
+    keys = sorted({(r["storage"], r["engine"]) for r in rows if r["n"] == n})
+    return [((s, e), f"{colors.get(e, 'C4')}{marks.get(s, 'x-')}") for s, e in keys]
+
+
+def _write(name: str, rows: list[dict[str, Any]], load_before: tuple[float, float, float],
+           bw_before: dict[str, float], bw_after: dict[str, float] | None, peak: float) -> tuple[dict[str, Any], float]:
+    """Ratios against the best bandwidth measured so far; JSON and plot written (again after every size)."""
+    bw = max(*bw_before.values(), *(bw_after or {}).values())
+    for r in rows:
+        if "skipped" in r:
+            continue
+        r["bandwidth_limit_ms"] = r["bytes"] / (bw * 1e9) * 1e3
+        r["roofline_ms"] = max(r["bandwidth_limit_ms"], r["compute_limit_ms"])
+        if "median_ms" in r:
+            r["ratio_to_bandwidth_limit"] = r["median_ms"] / r["bandwidth_limit_ms"]
+            r["ratio_to_roofline"] = r["median_ms"] / r["roofline_ms"]
+    data = {
+        "benchmark": "search",
+        "complete": bw_after is not None,
+        "k": K,
+        "machine": {**machine(), **system_metadata()},
+        "threads": default_threads(),
+        "load_average": {"before": load_before, "after": os.getloadavg(),
+                         "note": "1/5/15-minute load averages of this (shared) machine; above the core count, "
+                                 "other processes were competing for the CPU and memory bandwidth"},
+        "read_bandwidth_gbps": {"before": bw_before, "after": bw_after, "used": bw},
+        "gemm_peak_gflops": peak,
+        "results": rows,
+    }
+    write_results(name, data)
+    plot(rows, RESULTS / f"{name}.png", bw)
+    return data, bw
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="100000,1000000", help="gallery sizes, comma-separated")
+    ap.add_argument("--dim", type=int, default=2048)
+    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--storages", default="fp32,fp16,int8", help="storages for sizes up to --large")
+    ap.add_argument("--storages-large", default="fp32,fp16,int8", help="storages for sizes above --large")
+    ap.add_argument("--keep", action="store_true", help="keep the generated galleries in --workdir for re-runs")
+    ap.add_argument("--large", type=int, default=200_000)
+    ap.add_argument("--engines", default="vsrt,numpy,faiss-flat,faiss-sq")
+    ap.add_argument("--batches-large", default="1,32", help="query batches for sizes above --large")
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs of vsrt search per point")
+    ap.add_argument("--slow-repeats", type=int, default=2, help="timed runs of numpy / faiss per point")
+    ap.add_argument("--large-repeats", type=int, default=3, help="timed runs of vsrt above --large (numpy, faiss: 1)")
+    ap.add_argument("--large-slow-batches", default="numpy=32,faiss-flat=1,faiss-sq=1",
+                    help="above --large, the batches of the slow engines (ENGINE=B[/B…], comma-separated)")
+    ap.add_argument("--workdir", default=os.environ.get("VSRT_BENCH_DIR", "/tmp/vsrt-bench-search"))
+    ap.add_argument("--name", default="search", help="results name (benchmarks/results/<name>.json/.png)")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    engines = [e for e in args.engines.split(",") if e]
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        print("faiss not installed: faiss rows skipped (pip install faiss-cpu)")
+        engines = [e for e in engines if not e.startswith("faiss")]
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    print("measuring read bandwidth and GEMM peak…", flush=True)
+    load_before = os.getloadavg()
+    bw_before = read_bandwidth()
+    peak = gemm_peak()
+    rows: list[dict[str, Any]] = []
+    for n in sizes:
+        storages = (args.storages if n <= args.large else args.storages_large).split(",")
+        print(f"gallery {n} × {args.dim}: {', '.join(storages)}", flush=True)
+        bw = max(bw_before.values())
+        large = n > args.large
+        bs = [int(b) for b in args.batches_large.split(",")] if large else batches
+        eb = {}
+        if large:
+            for item in filter(None, args.large_slow_batches.split(",")):
+                eng, _, vals = item.partition("=")
+                eb[eng] = [int(v) for v in vals.split("/")]
+        rows += bench_size(n, args.dim, storages, bs, engines, workdir, args.large_repeats if large else args.repeats,
+                           1 if large else args.slow_repeats, bw, peak, eb)
+        _write(args.name, rows, load_before, bw_before, None, peak)  # partial results survive an interruption
+        if not args.keep:
+            import shutil
+
+            for f in workdir.glob(f"*{n}_{args.dim}_*"):
+                shutil.rmtree(f) if f.is_dir() else f.unlink()
+    bw_after = read_bandwidth()
+    data, bw = _write(args.name, rows, load_before, bw_before, bw_after, peak)
+    out = RESULTS / f"{args.name}.json"
+    print(f"read bandwidth {bw:.1f} GB/s, GEMM peak {peak:.0f} GFLOP/s; results: {out}")
+    print(f"{'n':>8} {'storage':>7} {'batch':>5} {'engine':>10} {'median ms':>10} {'per query':>10} "
+          f"{'x BW limit':>10} {'x roofline':>10} {'vs numpy':>8} {'recall':>7}")
+    for r in rows:
+        if "median_ms" not in r:
+            print(f"{r['n']:>8} {r['storage']:>7} {r['batch']:>5} {r['engine']:>10}  skipped: {r['skipped']}")
+            continue
+        print(f"{r['n']:>8} {r['storage']:>7} {r['batch']:>5} {r['engine']:>10} {r['median_ms']:>10.1f} "
+              f"{r['per_query_ms']:>10.2f} {r['ratio_to_bandwidth_limit']:>10.2f} {r['ratio_to_roofline']:>10.2f} "
+              f"{r.get('speedup_vs_numpy', float('nan')):>8.1f} {r['recall_at_10_vs_exact_fp32']:>7.3f}")
+    print(json.dumps({"load_average": {k: data["load_average"][k] for k in ("before", "after")}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

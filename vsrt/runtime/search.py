@@ -1,0 +1,486 @@
+"""Exact top-k search over gallery blocks, text→image / image→text helpers, and faiss for large galleries. No torch.
+
+Exact search (:func:`exact_search`) scans the gallery in blocks of ``block_rows`` rows, so memory stays bounded
+whatever the gallery size (a block, its scores and ``k`` candidates per block and query; blocks of memory-mapped
+segments are paged in by the OS and never copied whole). Each block is scored for all queries at once and cut to
+its own top-k; the per-block candidates are merged as they arrive. Ties are broken by item index, so the result
+does not depend on block size or thread count.
+
+Block kernels (``kernel=``):
+
+* ``"ort"`` (default) — a four-node ONNX graph run by ONNX Runtime on the CPU: ``Cast`` to float32 (SIMD, in
+  cache-sized blocks), ``MatMul`` with the queries (MLAS GEMM), ``Mul`` by the per-vector scales (INT8 storage),
+  ``TopK`` over the block. numpy has no SIMD float16→float32 conversion and no BLAS for float16, so this is what
+  keeps FP16/INT8 storage near the memory-bandwidth limit (``benchmarks/search.py`` measures it).
+* ``"numpy"`` — the same steps in numpy (dequantise into a reused buffer, BLAS ``sgemm``, ``argpartition``): the
+  portable reference.
+
+Blocks are spread over ``threads`` Python threads (ONNX Runtime and BLAS release the GIL), one block per call.
+
+faiss (optional, ``pip install faiss-cpu``): :class:`FaissSearcher` builds any faiss index from a gallery
+(``"Flat"`` is exact; ``"IVF4096,SQ8"``, ``"HNSW32"``… are approximate) and caches it beside the gallery, keyed by
+the gallery's last commit; :func:`recall_vs_exact` reports what an approximate index costs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vsrt.errors import BackendUnavailableError, InputError
+
+Block = tuple[int, np.ndarray, np.ndarray | None]  # (first item index, codes [n, D], scales [n] or None)
+KERNELS = ("ort", "numpy")
+#: a converted (FP16/INT8) block's float32 form, by default: small enough to stay in cache between Cast and MatMul
+DEFAULT_BLOCK_BYTES = 4 << 20
+#: an FP32 block by default: no conversion, so larger blocks (fewer calls) are faster
+DEFAULT_FP32_BLOCK_BYTES = 16 << 20
+
+
+def default_threads() -> int:
+    """Threads for block scanning: ``VSRT_SEARCH_THREADS`` or the CPUs this process may use."""
+    env = os.environ.get("VSRT_SEARCH_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_block_rows(dim: int, dtype: np.dtype | type = np.float16) -> int:
+    """Rows per block: :data:`DEFAULT_BLOCK_BYTES` of float32 for converted codes, :data:`DEFAULT_FP32_BLOCK_BYTES`
+    for FP32 codes (at least 256 rows, so the per-call overhead stays small)."""
+    budget = DEFAULT_FP32_BLOCK_BYTES if np.dtype(dtype) == np.float32 else DEFAULT_BLOCK_BYTES
+    return int(max(256, budget // max(1, dim * 4)))
+
+
+# ---------------------------------------------------------------------------------------------------- kernels
+class OrtKernel:
+    """Scores and per-block top-k in one small ONNX Runtime graph per storage dtype (see module docstring)."""
+
+    def __init__(self, threads_per_call: int = 1) -> None:
+        self.threads_per_call = threads_per_call
+        self._sessions: dict[tuple[str, bool], Any] = {}
+        self._lock = threading.Lock()
+
+    def _session(self, dtype: np.dtype, scaled: bool) -> Any:
+        key = (np.dtype(dtype).str, scaled)
+        with self._lock:
+            if key not in self._sessions:
+                self._sessions[key] = self._build(np.dtype(dtype), scaled)
+            return self._sessions[key]
+
+    def _build(self, dtype: np.dtype, scaled: bool) -> Any:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        elem = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16,
+                np.dtype(np.int8): TensorProto.INT8}.get(dtype)
+        if elem is None:
+            raise InputError(f"search kernel cannot scan codes of dtype {dtype}")
+        inputs = [helper.make_tensor_value_info("codes", elem, ["n", "d"]),
+                  helper.make_tensor_value_info("queries_t", TensorProto.FLOAT, ["d", "m"]),
+                  helper.make_tensor_value_info("k", TensorProto.INT64, [1])]
+        nodes = []
+        x = "codes"
+        if elem != TensorProto.FLOAT:
+            nodes.append(helper.make_node("Cast", ["codes"], ["codes_f"], to=TensorProto.FLOAT))
+            x = "codes_f"
+        nodes.append(helper.make_node("MatMul", [x, "queries_t"], ["scores"]))
+        s = "scores"
+        if scaled:
+            inputs.append(helper.make_tensor_value_info("scales", TensorProto.FLOAT, ["n", 1]))
+            nodes.append(helper.make_node("Mul", ["scores", "scales"], ["scores_s"]))
+            s = "scores_s"
+        nodes.append(helper.make_node("TopK", [s, "k"], ["values", "indices"], axis=0, largest=1, sorted=1))
+        outputs = [helper.make_tensor_value_info("values", TensorProto.FLOAT, ["kk", "m"]),
+                   helper.make_tensor_value_info("indices", TensorProto.INT64, ["kk", "m"])]
+        model = helper.make_model(helper.make_graph(nodes, "vsrt_block_topk", inputs, outputs),
+                                  opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.checker.check_model(model)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads_per_call
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+    def __call__(self, codes: np.ndarray, scales: np.ndarray | None, queries_t: np.ndarray, k: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        sess = self._session(codes.dtype, scales is not None)
+        feeds = {"codes": np.ascontiguousarray(codes), "queries_t": queries_t,
+                 "k": np.array([min(k, len(codes))], np.int64)}
+        if scales is not None:
+            feeds["scales"] = np.ascontiguousarray(scales, np.float32).reshape(-1, 1)
+        values, indices = sess.run(None, feeds)
+        return values, indices
+
+
+class NumpyKernel:
+    """The same block step in numpy: dequantise into a per-thread buffer, BLAS matmul, ``argpartition``."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def _buffer(self, shape: tuple[int, int]) -> np.ndarray:
+        buf = getattr(self._local, "buf", None)
+        if buf is None or buf.size < shape[0] * shape[1]:
+            buf = np.empty(shape[0] * shape[1], np.float32)
+            self._local.buf = buf
+        return buf[: shape[0] * shape[1]].reshape(shape)
+
+    def __call__(self, codes: np.ndarray, scales: np.ndarray | None, queries_t: np.ndarray, k: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        if codes.dtype == np.float32:
+            x = codes
+        else:
+            x = self._buffer(codes.shape)
+            np.copyto(x, codes, casting="unsafe")
+        s = x @ queries_t
+        if scales is not None:
+            s *= np.asarray(scales, np.float32)[:, None]
+        kk = min(k, len(s))
+        if kk == len(s):
+            idx = np.argsort(-s, axis=0, kind="stable")
+        else:
+            idx = np.argpartition(-s, kk - 1, axis=0)[:kk]
+            kth = np.take_along_axis(s, idx, axis=0).min(axis=0)
+            for j in np.flatnonzero((s >= kth).sum(axis=0) > kk):  # ties at the cut: lower index wins, like TopK
+                idx[:, j] = np.argsort(-s[:, j], kind="stable")[:kk]
+        return np.take_along_axis(s, idx, axis=0), idx.astype(np.int64)
+
+
+_KERNELS: dict[str, Any] = {}
+_KERNELS_LOCK = threading.Lock()
+
+
+def get_kernel(name: str = "ort") -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """The shared block kernel called ``name`` (``ort`` or ``numpy``)."""
+    if name not in KERNELS:
+        raise InputError(f"unknown search kernel '{name}' (choose from {', '.join(KERNELS)})")
+    with _KERNELS_LOCK:
+        if name not in _KERNELS:
+            _KERNELS[name] = OrtKernel() if name == "ort" else NumpyKernel()
+        return _KERNELS[name]
+
+
+# ---------------------------------------------------------------------------------------------------- merging
+def _select(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per column, the ``k`` best ``(score, id)`` pairs of ``scores/ids [T, M]`` sorted by score desc, id asc;
+    returned as ``[M, k]``."""
+    t = scores.shape[0]
+    kk = min(k, t)
+    if kk < t:
+        part = np.argpartition(-scores, kk - 1, axis=0)[:kk]
+        # include everything tied with the k-th score so that the id tie-break is exact
+        kth = np.take_along_axis(scores, part, axis=0).min(axis=0)
+        scores_sel, ids_sel = [], []
+        for j in range(scores.shape[1]):
+            mask = scores[:, j] >= kth[j]
+            scores_sel.append(scores[mask, j])
+            ids_sel.append(ids[mask, j])
+    else:
+        scores_sel = [scores[:, j] for j in range(scores.shape[1])]
+        ids_sel = [ids[:, j] for j in range(scores.shape[1])]
+    out_s = np.full((scores.shape[1], kk), -np.inf, np.float32)
+    out_i = np.full((scores.shape[1], kk), -1, np.int64)
+    for j, (s, i) in enumerate(zip(scores_sel, ids_sel)):
+        order = np.lexsort((i, -s))[:kk]
+        out_s[j, : len(order)] = s[order]
+        out_i[j, : len(order)] = i[order]
+    return out_s, out_i
+
+
+class _Merger:
+    """Keeps the running top-k per query from per-block candidates (memory bounded by ``k`` × blocks held)."""
+
+    def __init__(self, m: int, k: int) -> None:
+        self.k = k
+        self.scores: list[np.ndarray] = []  # each [kk, M]
+        self.ids: list[np.ndarray] = []
+        self.rows = 0
+        self.m = m
+
+    def add(self, scores: np.ndarray, ids: np.ndarray) -> None:
+        self.scores.append(scores)
+        self.ids.append(ids)
+        self.rows += len(scores)
+        if self.rows > 64 * self.k:
+            s, i = self._merged()
+            self.scores, self.ids, self.rows = [s.T.copy()], [i.T.copy()], s.shape[1]
+
+    def _merged(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.scores:
+            return np.zeros((self.m, 0), np.float32), np.zeros((self.m, 0), np.int64)
+        return _select(np.concatenate(self.scores), np.concatenate(self.ids), self.k)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._merged()
+
+
+# ---------------------------------------------------------------------------------------------------- search
+def exact_search(
+    blocks: Sequence[Block],
+    queries: np.ndarray,
+    k: int = 10,
+    block_rows: int | None = None,
+    threads: int | None = None,
+    kernel: str = "ort",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-``k`` of ``queries [M, D]`` over ``blocks`` (``(start, codes, scales)``).
+
+    Returns ``(scores [M, k'], indices [M, k'])`` with ``k' = min(k, items)``, best first (ties: lower index
+    first). Scores of INT8 codes include their per-vector scales.
+    """
+    q = np.asarray(queries, np.float32)
+    if q.ndim == 1:
+        q = q[None]
+    if q.ndim != 2:
+        raise InputError(f"queries must have shape [M, D], got {list(q.shape)}")
+    if not np.isfinite(q).all():
+        raise InputError("queries contain NaN or Inf")
+    if int(k) < 1:
+        raise InputError(f"k must be >= 1, got {k}")
+    k = int(k)
+    dims = {b[1].shape[1] for b in blocks if len(b[1])}
+    if dims and dims != {q.shape[1]}:
+        raise InputError(f"queries have dimension {q.shape[1]}, the gallery {sorted(dims)[0]}")
+    fn = get_kernel(kernel)
+    qt = np.ascontiguousarray(q.T)
+    work: list[tuple[int, np.ndarray, np.ndarray | None]] = []
+    for start, codes, scales in blocks:
+        n = len(codes)
+        if n == 0:
+            continue
+        rows = block_rows or default_block_rows(codes.shape[1], codes.dtype)
+        for lo in range(0, n, rows):
+            hi = min(n, lo + rows)
+            work.append((start + lo, codes[lo:hi], None if scales is None else scales[lo:hi]))
+    merger = _Merger(q.shape[0], k)
+
+    def run(item: tuple[int, np.ndarray, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+        start, codes, scales = item
+        values, indices = fn(codes, scales, qt, k)
+        return values, indices + start
+
+    nthreads = min(threads or default_threads(), max(1, len(work)))
+    if nthreads <= 1:
+        for item in work:
+            merger.add(*run(item))
+    else:
+        with ThreadPoolExecutor(nthreads) as pool:
+            for values, indices in pool.map(run, work):
+                merger.add(values, indices)
+    return merger.result()
+
+
+def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard top-k results ``(scores [M, k_i], ids [M, k_i])`` into the global top-``k``.
+
+    Exact whenever each shard returned its own top-k (the global top-k of a query is in the union); ids must be
+    globally unique (e.g. shard offset + item index). Padding entries (id -1) are ignored.
+    """
+    if not parts:
+        raise InputError("no shard results to merge")
+    m = {np.asarray(s).shape[0] for s, _ in parts}
+    if len(m) != 1:
+        raise InputError(f"shard results have different query counts: {sorted(m)}")
+    scores = np.concatenate([np.asarray(s, np.float32) for s, _ in parts], axis=1)
+    ids = np.concatenate([np.asarray(i, np.int64) for _, i in parts], axis=1)
+    scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+    return _select(scores.T, ids.T, int(k))
+
+
+def brute_force(items: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reference: full score matrix, stable sort (ties by index). For tests and small galleries."""
+    s = np.asarray(queries, np.float32) @ np.asarray(items, np.float32).T
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(s, order, axis=1), order.astype(np.int64)
+
+
+@dataclass
+class SearchResult:
+    """Top-k per query: ``scores [M, k]``, ``indices [M, k]`` (gallery item numbers), and the gallery for keys."""
+
+    scores: np.ndarray
+    indices: np.ndarray
+    gallery: Any = None
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def hits(self, query: int = 0) -> list[dict[str, Any]]:
+        """Query ``query``'s results, best first: ``{"rank", "index", "score", "key", "meta"}``."""
+        out = []
+        for r, (s, i) in enumerate(zip(self.scores[query], self.indices[query])):
+            if i < 0:
+                continue
+            hit: dict[str, Any] = {"rank": r + 1, "index": int(i), "score": float(s)}
+            if self.gallery is not None:
+                item = self.gallery.item(int(i))
+                hit["key"], hit["meta"] = item["key"], item["meta"]
+            out.append(hit)
+        return out
+
+    def to_json(self, queries: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """One ``{"query", "hits"}`` entry per query (JSON-ready)."""
+        return [{"query": queries[j] if queries is not None else j, "hits": self.hits(j)} for j in range(len(self))]
+
+
+# ---------------------------------------------------------------------------------------------------- modalities
+def search_texts(gallery: Any, model: Any, texts: Sequence[str], k: int = 10, **options: Any) -> SearchResult:
+    """Captions → the gallery's best items (text→image on an image gallery). Checks the model first."""
+    if isinstance(texts, str):
+        texts = [texts]
+    gallery.check_model(model)
+    return gallery.search(model.encode_texts(list(texts)), k, **options)
+
+
+def search_regions(gallery: Any, model: Any, regions: np.ndarray, k: int = 10, **options: Any) -> SearchResult:
+    """Region features ``[N, R, F]`` → the gallery's best items (image→text on a caption gallery)."""
+    gallery.check_model(model)
+    return gallery.search(model.encode_regions(np.asarray(regions, np.float32)), k, **options)
+
+
+def search_images(gallery: Any, model: Any, images: Sequence[Any], k: int = 10, **options: Any) -> SearchResult:
+    """Raw images (paths or arrays, through the model's detector) → the gallery's best items."""
+    gallery.check_model(model)
+    return gallery.search(model.encode_images(list(images)), k, **options)
+
+
+# ---------------------------------------------------------------------------------------------------- faiss
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError:
+        raise BackendUnavailableError(
+            "faiss is not installed: `pip install faiss-cpu` (or faiss-gpu on a CUDA x86-64 server); exact search "
+            "needs no faiss"
+        ) from None
+    return faiss
+
+
+def _safe_name(factory: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in factory)
+
+
+class FaissSearcher:
+    """A faiss index (inner product) over a gallery's dequantised embeddings.
+
+    Args:
+        index: a faiss index whose ids are gallery item numbers.
+        factory: the ``faiss.index_factory`` string it was built from.
+    """
+
+    def __init__(self, index: Any, factory: str) -> None:
+        self.index = index
+        self.factory = factory
+
+    @classmethod
+    def build(cls, gallery: Any, factory: str = "Flat", train_size: int = 100_000, block: int = 65_536,
+              nprobe: int | None = None, progress: Callable[[int, int], None] | None = None) -> FaissSearcher:
+        """Build ``factory`` (``Flat``, ``SQfp16``, ``SQ8``, ``IVF1024,Flat``, ``HNSW32``…) over ``gallery``,
+        streaming it in blocks of ``block`` items; IVF/PQ indexes train on an evenly spaced sample."""
+        faiss = _faiss()
+        try:
+            index = faiss.index_factory(gallery.dim, factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as exc:
+            raise InputError(f"faiss cannot build index '{factory}': {exc}") from None
+        n = len(gallery)
+        if n == 0:
+            raise InputError(f"gallery {gallery.path} is empty")
+        if not index.is_trained:
+            idx = np.unique(np.linspace(0, n - 1, min(n, train_size)).astype(np.int64))
+            index.train(gallery.take(idx))
+        for lo in range(0, n, block):
+            index.add(gallery.embeddings(lo, lo + block))
+            if progress:
+                progress(min(n, lo + block), n)
+        s = cls(index, factory)
+        if nprobe is not None:
+            s.set_nprobe(nprobe)
+        return s
+
+    def set_nprobe(self, nprobe: int) -> None:
+        """IVF lists probed per query (more: slower, closer to exact)."""
+        faiss = _faiss()
+        with contextlib.suppress(RuntimeError):  # not an IVF index: nothing to set
+            faiss.extract_index_ivf(self.index).nprobe = int(nprobe)
+
+    def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores [M, k], indices [M, k])``; index -1 marks an empty slot (fewer than k reachable)."""
+        q = np.ascontiguousarray(np.atleast_2d(np.asarray(queries, np.float32)))
+        scores, idx = self.index.search(q, int(k))
+        return scores.astype(np.float32), idx.astype(np.int64)
+
+    # -- caching beside the gallery
+    @staticmethod
+    def cache_paths(gallery: Any, factory: str) -> tuple[Path, Path]:
+        base = Path(gallery.path) / "faiss" / _safe_name(factory)
+        return base.with_suffix(".index"), base.with_suffix(".json")
+
+    @staticmethod
+    def _stamp(gallery: Any, factory: str) -> dict[str, Any]:
+        faiss = _faiss()
+        last = gallery.commits()[-1] if len(gallery) else {}
+        return {"factory": factory, "items": len(gallery), "segments": len(gallery.segments),
+                "last_commit": last.get("files", {}).get("emb", {}).get("sha256", ""), "faiss": faiss.__version__}
+
+    def save(self, gallery: Any) -> Path:
+        """Write the index beside ``gallery`` (atomic), stamped with the gallery's last commit."""
+        from vsrt.io import atomic_write_bytes, atomic_write_json
+
+        faiss = _faiss()
+        ipath, jpath = self.cache_paths(gallery, self.factory)
+        data = faiss.serialize_index(self.index).tobytes()
+        atomic_write_bytes(ipath, data)
+        stamp = {**self._stamp(gallery, self.factory), "index_sha256": hashlib.sha256(data).hexdigest()}
+        atomic_write_json(jpath, stamp)
+        return ipath
+
+    @classmethod
+    def load_or_build(cls, gallery: Any, factory: str = "Flat", nprobe: int | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> FaissSearcher:
+        """The cached index for ``gallery`` if it is current (same items and last commit) and matches its recorded
+        SHA-256, else a new one, saved."""
+        import json
+
+        faiss = _faiss()
+        ipath, jpath = cls.cache_paths(gallery, factory)
+        if ipath.is_file() and jpath.is_file():
+            try:
+                stamp = json.loads(jpath.read_text())
+            except json.JSONDecodeError:
+                stamp = {}
+            want = stamp.pop("index_sha256", None) if isinstance(stamp, dict) else None
+            if stamp == cls._stamp(gallery, factory):
+                raw = ipath.read_bytes()
+                if hashlib.sha256(raw).hexdigest() == want:  # a damaged or foreign cache file is rebuilt, never read
+                    s = cls(faiss.deserialize_index(np.frombuffer(raw, np.uint8)), factory)
+                    if s.index.ntotal == len(gallery):
+                        if nprobe is not None:
+                            s.set_nprobe(nprobe)
+                        return s
+        s = cls.build(gallery, factory, nprobe=nprobe, progress=progress)
+        s.save(gallery)
+        return s
+
+
+def recall_vs_exact(approx_indices: np.ndarray, exact_indices: np.ndarray) -> float:
+    """Mean fraction of the exact top-k found in the approximate top-k (recall@k against exact search)."""
+    a = np.asarray(approx_indices)
+    e = np.asarray(exact_indices)
+    if a.shape[0] != e.shape[0]:
+        raise InputError(f"{a.shape[0]} approximate vs {e.shape[0]} exact result rows")
+    return float(np.mean([len(np.intersect1d(x[x >= 0], y)) / max(1, len(y)) for x, y in zip(a, e)]))
