@@ -116,6 +116,7 @@ def _load_images(path: Path) -> np.ndarray:
     except (OSError, EOFError) as exc:
         raise InputError(f"region features {path} cannot be read as .npy: {exc}") from None
     if not isinstance(images, np.ndarray):
+        images.close()
         raise InputError(f"region features {path} hold an .npz archive, expected a single .npy array")
     if images.ndim != 3:
         raise InputError(

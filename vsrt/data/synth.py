@@ -10,10 +10,12 @@ in the feature space (``dim``, 2048 by default) — see :func:`prototypes`.
 
 **Images.** Each image has 2–4 objects of distinct classes, each bound to a distinct attribute, 1–2 relations
 between ordered object pairs, 0–2 unmentioned distractor objects and two background kinds. Its ``regions`` (36)
-region features are: 1–3 regions per object (jittered object prototype + attribute prototype), one region per
-relation (0.6·subject + 0.35·object + relation prototype), one faint region per distractor, and background
-regions filling the rest; Gaussian noise is added, everything is clipped at 0 (ReLU, like bottom-up-attention
-features: non-negative, mean ≈ 0.5, about half zeros) and the region order is shuffled.
+region features are, like bottom-up-attention boxes, mostly overlapping views of the objects: 45–65 % of the
+regions are shared among the named objects by random object sizes (≥ 1 each; jittered, partly seen object
+prototype + attribute prototype), one region per relation (0.6·subject + 0.35·object + relation prototype), one
+faint region per distractor, and background regions (a mix of the two background kinds) fill the rest. Gaussian
+noise is added, everything is clipped at 0 (ReLU, like bottom-up-attention features: non-negative, mean ≈ 0.55,
+about 45 % zeros) and the region order is shuffled.
 
 **Hard negatives.** A fraction ``hard_negative_rate`` of the images come in *twin pairs* (adjacent indices): the
 same object classes, relations, distractors and background, but the attributes cyclically re-bound to other objects
@@ -50,7 +52,6 @@ minutes on 2 CPU cores; ``train_ims.npy`` is then 885 MB (use ``--dim 512`` for 
 
 from __future__ import annotations
 
-import json
 import pickle
 from collections import Counter
 from collections.abc import Callable
@@ -61,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from vsrt.errors import InputError
-from vsrt.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+from vsrt.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
 SPLITS = ("train", "dev", "test")
 _SPLIT_CODE = {"train": 1, "dev": 2, "test": 3}
@@ -303,13 +304,13 @@ def sample_scenes(cfg: SynthConfig, split: str, n: int) -> list[Scene]:
 def _region_features(rng: np.random.Generator, scene: Scene, protos: Prototypes, cfg: SynthConfig) -> np.ndarray:
     R, D = cfg.regions, cfg.dim
     n = len(scene.objects)
-    per_obj = 1 + rng.binomial(2, 0.5, n)
     n_rel, n_dist = len(scene.relations), len(scene.distractors)
-    while per_obj.sum() + n_rel + n_dist > R:  # small --regions: give up distractors, then object multiplicity
-        if n_dist:
-            n_dist -= 1
-        else:
-            per_obj[int(np.argmax(per_obj))] -= 1
+    n_dist = min(n_dist, R - n - n_rel)
+    # like bottom-up-attention's 36 boxes, most regions are (overlapping) views of the objects: ~55 % of them
+    # go to the named objects, shared by random object sizes, ≥ 1 each; ~25 % are background
+    n_obj_regions = min(R - n_rel - n_dist, max(n, round(R * rng.uniform(0.45, 0.65))))
+    sizes = rng.dirichlet(np.full(n, 2.0))
+    per_obj = 1 + np.floor(sizes * (n_obj_regions - n)).astype(np.int64)
     n_bg = R - int(per_obj.sum()) - n_rel - n_dist
     x = np.empty((R, D), dtype=np.float32)
     row = 0
@@ -539,15 +540,91 @@ def read_config(data_dir: str | Path) -> SynthConfig:
     p = Path(data_dir) / "synth.json"
     if not p.is_file():
         raise InputError(f"{data_dir} is not a synthetic dataset: {p} not found")
-    d = json.loads(p.read_text(encoding="utf-8"))
-    if d.get("format") != FORMAT:
-        raise InputError(f"{p}: unknown format {d.get('format')!r} (expected {FORMAT})")
+    d = read_json(p, "synthetic dataset description")
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise InputError(f"{p}: unknown format {d.get('format') if isinstance(d, dict) else d!r} (expected {FORMAT})")
     return SynthConfig.from_dict(d)
 
 
 def read_scenes(data_dir: str | Path, split: str) -> list[dict[str, Any]]:
     """The ground-truth scenes of ``split`` (``{split}_scenes.json``), one dict per image."""
     p = Path(data_dir) / f"{split}_scenes.json"
-    if not p.is_file():
-        raise InputError(f"ground truth of split '{split}' not found: {p}")
-    return json.loads(p.read_text(encoding="utf-8"))["images"]
+    d = read_json(p, f"ground truth of split '{split}'")
+    if not isinstance(d, dict) or not isinstance(d.get("images"), list):
+        raise InputError(f"{p} has no 'images' list")
+    return d["images"]
+
+
+# ---------------------------------------------------------------------------------------------- reference scores
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
+
+
+def _mean_regions(images: np.ndarray, block: int = 256) -> np.ndarray:
+    return np.concatenate([np.asarray(images[i:i + block]).mean(axis=1) for i in range(0, len(images), block)])
+
+
+def oracle_similarities(data_dir: str | Path, split: str = "test", local: bool = True) -> np.ndarray:
+    """``[N, 5N]`` scores of an oracle that knows the prototypes and which (object, attribute) pairs each caption
+    names (from ``{split}_scenes.json``) — reference points for what the features allow, not a model.
+
+    * ``local=True``: mean over the caption's named pairs of the best cosine between any region and
+      ``object prototype + attribute prototype`` — sees the binding, so it separates twins;
+    * ``local=False``: cosine between the mean region and the sum of those concept vectors — a bag of concepts
+      that cannot tell twins apart (their expected mean regions are equal).
+    """
+    from vsrt.data.precomp import load_precomp
+
+    cfg = read_config(data_dir)
+    protos = prototypes(cfg)
+    data = load_precomp(data_dir, split)
+    scenes = read_scenes(data_dir, split)
+    caps = [[tuple(s["objects"][m]) for m in c["mentions"]] for s in scenes for c in s["captions"]]
+    if local:
+        keys = sorted({k for c in caps for k in c})
+        kid = {k: i for i, k in enumerate(keys)}
+        q = _unit(np.stack([protos.objects[c] + protos.attributes[a] for c, a in keys]))
+        best = np.concatenate([
+            np.einsum("nrd,kd->nkr", _unit(np.asarray(data.images[i:i + 64])), q).max(axis=2)
+            for i in range(0, data.n_images, 64)
+        ])  # [N, concepts]
+        return np.stack([best[:, [kid[k] for k in c]].mean(axis=1) for c in caps], axis=1).astype(np.float32)
+    t = _unit(np.stack([np.sum([protos.objects[c] + protos.attributes[a] for c, a in cap], axis=0) for cap in caps]))
+    return (_unit(_mean_regions(data.images)) @ t.T).astype(np.float32)
+
+
+def ridge_baseline_similarities(data_dir: str | Path, split: str = "test", alpha: float = 1000.0) -> np.ndarray:
+    """``[N, 5N]`` scores of a learned *global* linear baseline: ridge regression (fitted on the train split) from
+    standardised mean-pooled region features to the caption's binary bag of words; a pair's score is the cosine
+    between the predicted and the actual (centred) bag. It cannot bind attributes to objects."""
+    from vsrt.data.precomp import load_precomp
+
+    train, data = load_precomp(data_dir, "train"), load_precomp(data_dir, split)
+    words = sorted({w for c in train.captions for w in c.split()})
+    wid = {w: i for i, w in enumerate(words)}
+
+    def bag(captions: list[str]) -> np.ndarray:
+        x = np.zeros((len(captions), len(words)), np.float64)
+        for i, c in enumerate(captions):
+            x[i, [wid[w] for w in set(c.split()) if w in wid]] = 1.0
+        return x
+
+    f_train = _mean_regions(train.images).astype(np.float64)
+    mu, sd = f_train.mean(0), f_train.std(0) + 1e-3
+    f = ((f_train - mu) / sd)[np.arange(train.n_captions) // train.captions_per_image]
+    x = bag(train.captions)
+    xm = x.mean(0)
+    w = np.linalg.solve(f.T @ f + alpha * np.eye(f.shape[1]), f.T @ (x - xm))
+    pred = _unit(((_mean_regions(data.images) - mu) / sd) @ w)
+    return (pred @ _unit(bag(data.captions) - xm).T).astype(np.float32)
+
+
+def twin_accuracy(sims: np.ndarray, scenes: list[dict[str, Any]]) -> float:
+    """Fraction of (caption of image A, A's twin B) with ``sims[A, c] > sims[B, c]`` — 0.5 is blind to binding."""
+    wins = [sims[i, 5 * i + j] > sims[s["twin"], 5 * i + j]
+            for i, s in enumerate(scenes) if s.get("twin") is not None for j in range(5)]
+    if not wins:
+        raise InputError("no twin pairs in this split (hard_negative_rate 0?)")
+    return float(np.mean(wins))
