@@ -114,13 +114,22 @@ class RetrievalModel:
                 )
             from vsrt.runtime.detector import Detector
 
-            self._detector = Detector.from_model_dir(self.model_dir, self.manifest, self.backend_name, self.precision)
+            self._detector = Detector.from_model_dir(self.model_dir, self.manifest, self.backend_name, self.precision,
+                                                     **self.backend_options)
         return self._detector
 
     def encode_images(self, images: Sequence[str | Path | np.ndarray], batch_size: int = 32) -> np.ndarray:
-        """Raw images (paths or HxWx3 BGR arrays) → detector regions → image embeddings ``[N, D]``."""
-        dets = self.detector.detect(list(images))
-        regions = np.stack([d.features for d in dets]) if dets else np.zeros((0, self.num_regions, 2048), np.float32)
+        """Raw images (paths or HxWx3 BGR arrays) → detector regions → image embeddings ``[N, D]``.
+
+        The detector keeps exactly as many boxes as the visual stage takes (``min = max = num_regions``, e.g. 36);
+        an image with fewer proposals than that gets zero rows after its regions.
+        """
+        from vsrt.runtime.detector import stack_features
+
+        k = self.num_regions
+        dets = self.detector.detect(list(images), num_boxes=k)
+        f = int(self.manifest.stage("visual").inputs[0].shape[2])
+        regions, _ = stack_features(dets, k, f)
         return self.encode_regions(regions, batch_size)
 
     # ------------------------------------------------------------------ text
