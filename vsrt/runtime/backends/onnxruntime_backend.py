@@ -37,6 +37,60 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+def _shape_list(profile: dict[str, dict[str, list[int]]], key: str) -> str:
+    """ONNX Runtime's TensorRT profile syntax: ``regions:1x36x2048,tokens:1x2``."""
+    return ",".join(f"{name}:{'x'.join(str(d) for d in p[key])}" for name, p in profile.items())
+
+
+def tensorrt_ep_options(
+    profile: dict[str, dict[str, list[int]]] | None = None,
+    cache_dir: str | Path | None = None,
+    precision: str = "fp32",
+    workspace_mib: int = 2048,
+    device_id: int = 0,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Options for ONNX Runtime's ``TensorrtExecutionProvider`` for one stage graph.
+
+    * explicit optimisation profile (``trt_profile_min/opt/max_shapes``) from the manifest's min/opt/max, so the
+      provider builds one engine for the whole range instead of rebuilding per new shape;
+    * engine and timing caches under ``cache_dir`` (delete it when ONNX Runtime, TensorRT or the GPU change);
+    * precision comes from the graph itself: FP16 graphs are already typed, INT8 graphs carry Q/DQ nodes
+      (``trt_int8_enable`` without a calibration table — tables must not be combined with Q/DQ).
+
+    ``overrides`` (any documented ``trt_*`` option) win over these defaults.
+    """
+    opts: dict[str, Any] = {
+        "device_id": device_id,
+        "trt_max_workspace_size": int(workspace_mib) << 20,
+        "trt_fp16_enable": precision == "fp16",
+        "trt_int8_enable": precision == "int8",
+        "trt_int8_use_native_calibration_table": False,
+    }
+    if cache_dir is not None:
+        cache = str(cache_dir)
+        opts.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
+                     "trt_timing_cache_enable": True, "trt_timing_cache_path": cache})
+    if profile:
+        opts.update({"trt_profile_min_shapes": _shape_list(profile, "min"),
+                     "trt_profile_opt_shapes": _shape_list(profile, "opt"),
+                     "trt_profile_max_shapes": _shape_list(profile, "max")})
+    opts.update(overrides)
+    return opts
+
+
+def cuda_ep_options(device_id: int = 0, **overrides: Any) -> dict[str, Any]:
+    """Options for ONNX Runtime's ``CUDAExecutionProvider`` (exhaustive cuDNN search off: stable start-up time)."""
+    opts: dict[str, Any] = {
+        "device_id": device_id,
+        "cudnn_conv_algo_search": "HEURISTIC",
+        "arena_extend_strategy": "kSameAsRequested",
+        "do_copy_in_default_stream": True,
+    }
+    opts.update(overrides)
+    return opts
+
+
 def resolve_providers(
     providers: list[str] | None, provider_options: dict[str, dict[str, Any]] | None = None
 ) -> list[Any]:
