@@ -46,12 +46,20 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
 
     from vsrt.data.precomp import load_precomp
     from vsrt.data.synth import SynthConfig, generate
+    from vsrt.errors import InputError
     from vsrt.eval.driver import evaluate_split, open_for_eval
     from vsrt.export.model_export import export_model
     from vsrt.models.convert import convert_checkpoint
+    from vsrt.models.registry import get_family
     from vsrt.training.run import train
     from vsrt.training.trainer import TrainConfig
 
+    fam = get_family(cfg.family)
+    if cfg.family == "dsran-bert":
+        raise InputError("the demo cannot train dsran-bert (it needs a local BERT directory): use `vsrt train "
+                         "--family dsran-bert --bert-path DIR` (demo families: vsrn, vsrpp, resg, dsran-gru)")
+    if cfg.family.startswith("dsran"):
+        from vsrt.training.dsran import train
     console = console or Console()
     work = Path(cfg.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -69,7 +77,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
     timings["synth"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    ckpt = work / f"{cfg.family}_checkpoint.pth.tar"
+    ckpt = work / (f"{cfg.family}_checkpoint.pth.tar" if fam.output_is_checkpoint else f"{cfg.family}_model")
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, lr_update=max(cfg.epochs - 2, 1))
     opts = {"embed_size": cfg.embed_size, "word_dim": 300, "variant": "coco"}
     wanted = {"train": {"epochs": tcfg.epochs, "batch_size": tcfg.batch_size, "seed": tcfg.seed},
@@ -90,8 +98,11 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
 
     t = time.perf_counter()
     model_dir = work / f"{cfg.family}_model"
-    console.print(f"3/6 convert {ckpt.name} (restricted unpickling) → {model_dir}")
-    convert_checkpoint(ckpt, model_dir, data / "vocab.pkl", force=True)
+    if fam.output_is_checkpoint:
+        console.print(f"3/6 convert {ckpt.name} (restricted unpickling) → {model_dir}")
+        convert_checkpoint(ckpt, model_dir, data / "vocab.pkl", family=cfg.family, force=True)
+    else:
+        console.print(f"[dim]3/6 convert: {cfg.family} has no original checkpoint format; trained into {model_dir}[/]")
     timings["convert"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -120,8 +131,13 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
     query = cfg.query or test.captions[0]
     console.print(f'6/6 text query: "{query}"')
     model = open_for_eval(model_dir, "onnxruntime")
-    img = model.encode_regions(np.asarray(test.images, np.float32))
-    scores = (img @ model.encode_texts([query]).T)[:, 0]
+    if cfg.family.startswith("dsran"):
+        from vsrt.runtime.dsran import dsran_similarity_matrix
+
+        scores = dsran_similarity_matrix(model, np.asarray(test.images, np.float32), [query])[:, 0]
+    else:  # the global score (VSR++: S_G, the shortlist stage of two-stage retrieval)
+        img = model.encode_regions(np.asarray(test.images, np.float32))
+        scores = (img @ model.encode_texts([query]).T)[:, 0]
     top = np.argsort(-scores)[:5]
     hits = []
     for rank, i in enumerate(top, 1):

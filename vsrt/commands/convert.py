@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("checkpoint", help="original checkpoint file (torch.save dict)")
-    p.add_argument("--vocab", help="vocabulary: original .pkl (__main__.Vocabulary), SCAN .json or vocab.json")
+    p.add_argument("--vocab", help="vocabulary: original .pkl (__main__.Vocabulary), SCAN .json or vocab.json; "
+                   "DSRAN-BERT: BERT's WordPiece vocab.txt")
     p.add_argument("-o", "--output", required=True, help="model directory to create")
     p.add_argument("--family", help="model family (default: detected from the checkpoint)")
     p.add_argument("--variant", choices=["coco", "f30k"], help="VSRN dataset variant when opt.data_name is absent")
@@ -32,7 +33,16 @@ def run(args: argparse.Namespace) -> int:
     from vsrt.models.convert import convert_checkpoint
 
     opts = {"variant": args.variant} if args.variant else {}
-    out = convert_checkpoint(args.checkpoint, args.output, args.vocab, args.family, args.force, opts)
+    if args.family == "dsran-bert" or (args.family is None and str(args.vocab or "").endswith(".txt")):
+        # DSRAN-BERT: the model directory carries the WordPiece vocab.txt (BERT's), not a word vocabulary
+        from vsrt.errors import InputError
+        from vsrt.models.dsran_family import convert_bert_checkpoint
+
+        if not args.vocab:
+            raise InputError("dsran-bert needs its WordPiece vocabulary: pass --vocab vocab.txt (bert-base-uncased)")
+        out = convert_bert_checkpoint(args.checkpoint, args.output, args.vocab, args.force, opts)
+    else:
+        out = convert_checkpoint(args.checkpoint, args.output, args.vocab, args.family, args.force, opts)
     info = read_model_info(out)
     m = Manifest.load(out)
     Console().print(

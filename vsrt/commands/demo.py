@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "side by side, and answer a text query. Needs the export extra (torch)."
         ),
     )
-    p.add_argument("--model", default="vsrn", help="model family (default vsrn)")
+    p.add_argument("--model", default="vsrn", help="model family: vsrn, vsrpp, resg, dsran-gru (default vsrn)")
     p.add_argument("--workdir", default=".vsrt-cache/demo", help="where data, checkpoint and model go")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--embed-size", type=int, default=512)

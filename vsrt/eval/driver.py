@@ -68,6 +68,22 @@ def _pairwise_similarity_matrix(
     return PairwiseScorer(model).fused_matrix(imgs, caps, progress)
 
 
+def _dsran_similarity_matrix(
+    model: RetrievalModel,
+    data_dir: str | Path,
+    split: str,
+    images: np.ndarray,
+    captions: list[str],
+    progress: Callable[[str, int, int], None] | None,
+) -> np.ndarray:
+    """DSRAN's two visual inputs: the split's ``{split}_grid.npy`` / ``{split}_region_pos.npy`` when present, else
+    the documented substitutes (grid tokens derived from the regions, zero region encodings; ``docs/dsran.md``)."""
+    from vsrt.runtime.dsran import dsran_similarity_matrix, load_dsran_extras
+
+    grid, region_pos = load_dsran_extras(data_dir, split, len(images))
+    return dsran_similarity_matrix(model, images, captions, grid, region_pos, progress=progress)
+
+
 def evaluate_split(
     model_dirs: list[str | Path],
     data_dir: str | Path,
@@ -85,7 +101,10 @@ def evaluate_split(
     sims_list = []
     for md in model_dirs:
         model = open_for_eval(md, backend, precision)
-        sims_list.append(similarity_matrix(model, data.images, data.captions, progress=progress))
+        if model.family.startswith("dsran"):
+            sims_list.append(_dsran_similarity_matrix(model, data_dir, split, data.images, data.captions, progress))
+        else:
+            sims_list.append(similarity_matrix(model, data.images, data.captions, progress=progress))
     sims = sims_list[0] if len(sims_list) == 1 else ensemble(sims_list)
     out: dict[str, Any] = {
         "models": [str(m) for m in model_dirs],

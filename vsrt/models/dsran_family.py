@@ -161,6 +161,8 @@ def _convert(ckpt: Any, vocab: Vocabulary | None, options: dict[str, Any], varia
         sd = {k[len(DP_PREFIX):]: v for k, v in raw.items()}
         fmt = "DSRAN-BERT torch.save dict (model=DataParallel(DSRAN).state_dict() with module. prefixes, opt)"
     opt = _opt_dict(ckpt)
+    # not in the original opt (nor in the weights); checkpoints written by `vsrt train` record them
+    options = {**{k: opt[k] for k in ("num_regions", "bert_heads") if opt.get(k)}, **options}
     cfg = config_from_state(sd, variant, options)
     if "K" in opt and int(opt["K"]) != cfg.K:
         raise CheckpointError(f"checkpoint opt.K={opt['K']} but its weights have {cfg.K} JSR graphs")
@@ -195,8 +197,9 @@ def convert_bert_for_registry(ckpt: Any, vocab: Vocabulary | None, options: dict
     """``Family.convert`` of ``dsran-bert``: refuses to produce a model directory without its WordPiece
     vocabulary (the generic writer does not copy ``vocab.txt``); :func:`convert_bert_checkpoint` does."""
     if not options.get("wordpiece_vocab"):
-        raise InputError("DSRAN-BERT needs its WordPiece vocab.txt in the model directory: convert with "
-                         "vsrt.models.dsran_family.convert_bert_checkpoint(checkpoint, out_dir, vocab_txt)")
+        raise InputError("DSRAN-BERT needs its WordPiece vocab.txt in the model directory: `vsrt convert CKPT "
+                         "--family dsran-bert --vocab vocab.txt -o OUT` (or "
+                         "vsrt.models.dsran_family.convert_bert_checkpoint(checkpoint, out_dir, vocab_txt))")
     return convert_bert(ckpt, vocab, options)
 
 

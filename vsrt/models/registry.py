@@ -58,6 +58,8 @@ class Converted:
 #: family name → module defining ``FAMILY`` (imported on first use)
 _FAMILY_MODULES: dict[str, str] = {
     "vsrn": "vsrt.models.vsrn_family",
+    "vsrpp": "vsrt.models.vsrpp_family",
+    "resg": "vsrt.models.resg_family",
     "dsran-gru": "vsrt.models.dsran_family",
     "dsran-bert": "vsrt.models.dsran_bert_family",
 }

@@ -21,7 +21,11 @@ def looks_like(ckpt: Any) -> bool:
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), (list, tuple)) or len(ckpt["model"]) != 2:
         return False
     img = ckpt["model"][0]
-    return isinstance(img, dict) and "Rs_GCN_1.g.weight" in img and "img_rnn.weight_ih_l0" in img
+    if not (isinstance(img, dict) and "Rs_GCN_1.g.weight" in img and "img_rnn.weight_ih_l0" in img):
+        return False
+    from vsrt.models.vsrpp_family import looks_like as looks_like_vsrpp  # VSR++ extends VSRN's layout
+
+    return not looks_like_vsrpp(ckpt)
 
 
 def _opt_dict(ckpt: dict[str, Any]) -> dict[str, Any]:

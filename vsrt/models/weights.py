@@ -22,7 +22,7 @@ def save_stage_weights(model_dir: str | Path, stage: str, state: dict[str, torch
 
 
 def load_stage_weights(model_dir: str | Path, stage: str, module: torch.nn.Module) -> torch.nn.Module:
-    """Load ``weights/<stage>.safetensors`` into ``module`` after validating keys and shapes; returns it in eval mode."""
+    """Load ``weights/<stage>.safetensors`` into ``module`` after checking keys and shapes; returns it in eval mode."""
     path = Path(model_dir) / "weights" / f"{stage}.safetensors"
     if not path.is_file():
         raise CheckpointError(f"{path} not found: model directory has no weights for stage '{stage}'")

@@ -164,6 +164,7 @@ def original_opt(cfg: DSRANConfig, train: dict[str, Any], data_path: str, vocab_
         batch_size=train.get("batch_size", 128), embed_size=cfg.embed_size, crop_size=cfg.image_size,
         learning_rate=train.get("learning_rate", 2e-4), lr_update=train.get("lr_update", 8), workers=0, log_step=100,
         logger_name="runs/vsrt", resume="", img_dim=cfg.img_dim, K=cfg.K, feature_path="", region_bbox_file="",
+        num_regions=cfg.num_regions,  # vsrt's addition: not in the weights, read back by `vsrt convert`
     )
     if cfg.variant == "gru":
         return argparse.Namespace(
@@ -175,6 +176,7 @@ def original_opt(cfg: DSRANConfig, train: dict[str, Any], data_path: str, vocab_
     return argparse.Namespace(
         **common, bert_path=str(extra.get("bert_path") or ""), ft_bert=bool(extra.get("ft_bert", False)),
         bert_size=cfg.bert_config.hidden_size, warmup=-1.0, ft_res=False, l_train=0,
+        bert_heads=cfg.bert_config.num_attention_heads,  # vsrt's addition, as num_regions
     )
 
 
