@@ -1,7 +1,7 @@
 """The accuracy guard on a trained model: FP16 / INT8 within the R@1 budget through ONNX Runtime CPU, refusal
 (exit 3, nothing written) when over budget, and the sensitivity pass that returns harmful layers to FP32.
 
-The model is a small VSRN (D=32) trained here for 3 epochs on a small concept dataset in the SCAN layout written
+The model is a small VSRN (D=32) trained here for 8 epochs on a small concept dataset in the SCAN layout written
 by the test (400 train images, each 36 noisy copies of three concept prototypes; captions name the concepts): it
 retrieves far above chance, which is all the guard's mechanics need. The recall of the
 project's synthetic benchmark per precision is measured by ``benchmarks/precision.py``.
@@ -49,7 +49,7 @@ def write_concept_data(d: Path, n_train: int = 400, n_test: int = 200, feat: int
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """``(model_dir, data_dir)``: a VSRN (D=32) trained 3 epochs on the concept data, converted and exported."""
+    """``(model_dir, data_dir)``: a VSRN (D=32) trained 8 epochs on the concept data, converted and exported."""
     from vsrt.export.model_export import export_model
     from vsrt.models.convert import convert_checkpoint
     from vsrt.training.run import train
@@ -58,7 +58,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("guard")
     data = write_concept_data(root / "data")
     ckpt = root / "vsrn.pth.tar"
-    train("vsrn", data, ckpt, TrainConfig(epochs=3, batch_size=100, learning_rate=2e-3, seed=0, threads=2,
+    train("vsrn", data, ckpt, TrainConfig(epochs=8, batch_size=100, learning_rate=2e-3, seed=0, threads=2,
                                           lr_update=10),
           {"embed_size": 32, "word_dim": 16, "variant": "coco"})
     model = convert_checkpoint(ckpt, root / "model", data / "vocab.pkl", force=True)

@@ -18,9 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default="vsrn", help="model family: vsrn, vsrpp, resg, dsran-gru (default vsrn)")
     p.add_argument("--workdir", default=".vsrt-cache/demo", help="where data, checkpoint and model go")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--embed-size", type=int, default=512)
-    p.add_argument("--train-images", type=int, default=3000)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--embed-size", type=int, default=256)
+    p.add_argument("--train-images", type=int, default=1000)
+    p.add_argument("--lr", type=float, default=2e-3, help="learning rate (default 2e-3: fast from scratch)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--query", help="text query for the last step (default: the first test caption)")
     p.set_defaults(func=run)
@@ -30,5 +31,6 @@ def run(args: argparse.Namespace) -> int:
     from vsrt.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(family=args.model, workdir=Path(args.workdir), seed=args.seed, epochs=args.epochs,
-                        embed_size=args.embed_size, train_images=args.train_images, query=args.query))
+                        embed_size=args.embed_size, train_images=args.train_images, learning_rate=args.lr,
+                        query=args.query))
     return 0
