@@ -367,6 +367,7 @@ def train(
     opts["num_regions"] = num_regions
     default = default_config_bert if family == "dsran-bert" else default_config_gru
     cfg = default(vocab_size, img_dim, **opts)
+    torch.manual_seed(train_cfg.seed)  # the initial weights too, whatever ran before in this process
     model = make_trainable(cfg, train_cfg)
     batches = DSRANBatches(tr, tokens, lengths, train_cfg.batch_size, train_cfg.seed, bert=family == "dsran-bert")
 

@@ -53,6 +53,9 @@ def train(
     dev_tokens, dev_lengths = encode_batch(dv.captions[: 5 * n_dev], vocab)
     cfg = fam.default_config(len(vocab), int(tr.images.shape[2]), num_regions=int(tr.images.shape[1]),
                              **(model_opts or {}))
+    import torch
+
+    torch.manual_seed(train_cfg.seed)  # the initial weights too, whatever ran before in this process
     model = fam.make_trainable(cfg, train_cfg)
     batches = CaptionBatches(tr.images, tr.captions, vocab, train_cfg.batch_size, seed=train_cfg.seed)
     result = fit(model, batches, (dev_images, dev_tokens, dev_lengths), train_cfg, on_epoch, on_step)
