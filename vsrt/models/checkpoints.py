@@ -105,3 +105,32 @@ def check_state_dict(
         problems.append(f"wrong shapes ({len(wrong)}): {'; '.join(wrong[:8])}{' …' if len(wrong) > 8 else ''}")
     if problems:
         raise CheckpointError(f"{what} does not fit the model: " + " | ".join(problems))
+
+
+def checkpoint_options(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The ``opt`` entry of an original checkpoint (``argparse.Namespace`` or dict) as a dict; ``{}`` when absent."""
+    opt = ckpt.get("opt")
+    if opt is None:
+        return {}
+    if not isinstance(opt, (argparse.Namespace, dict)):
+        raise CheckpointError(f"checkpoint 'opt' is a {type(opt).__name__}, expected argparse.Namespace")
+    return namespace_to_dict(opt)
+
+
+def image_text_states(ckpt: Any, family: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``(img_sd, txt_sd, opt)`` of a VSRN-style checkpoint ``{'model': [img_sd, txt_sd], 'opt': …}``.
+
+    ``family`` names the expected family in the errors (``VSRN``, ``VSR++``).
+    """
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointError(f"not a {family} checkpoint: expected a dict with a 'model' entry")
+    model = ckpt["model"]
+    if not isinstance(model, (list, tuple)) or len(model) != 2 or not all(isinstance(s, dict) for s in model):
+        raise CheckpointError(
+            f"not a {family} checkpoint: 'model' must be a list [image_encoder_state_dict, text_encoder_state_dict]"
+        )
+    img_sd, txt_sd = model
+    opt = checkpoint_options(ckpt)
+    if "embed.weight" not in txt_sd or "fc.weight" not in img_sd:
+        raise CheckpointError(f"{family} checkpoint lacks 'embed.weight' (text) or 'fc.weight' (image)")
+    return img_sd, txt_sd, opt

@@ -16,7 +16,6 @@ weights and can be overridden with ``options`` (``num_regions``, ``bert_heads``)
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 
 from vsrt.errors import CheckpointError, InputError
 from vsrt.export.dsran import stage_exports
-from vsrt.models.checkpoints import check_state_dict, namespace_to_dict
+from vsrt.models.checkpoints import check_state_dict, checkpoint_options
 from vsrt.models.dsran import DSRANConfig, build, split_original_state
 from vsrt.models.registry import Converted, Family
 from vsrt.text.vocab import Vocabulary
@@ -59,15 +58,6 @@ def looks_like_bert(ckpt: Any) -> bool:
     sd = _bert_state(ckpt)
     return sd is not None and DP_PREFIX + "txt_enc.bert.embeddings.word_embeddings.weight" in sd \
         and DP_PREFIX + "img_enc.cnn.conv1.weight" in sd
-
-
-def _opt_dict(ckpt: dict[str, Any]) -> dict[str, Any]:
-    opt = ckpt.get("opt")
-    if opt is None:
-        return {}
-    if not isinstance(opt, (argparse.Namespace, dict)):
-        raise CheckpointError(f"checkpoint 'opt' is a {type(opt).__name__}, expected argparse.Namespace")
-    return namespace_to_dict(opt)
 
 
 def _shape(sd: dict[str, Any], key: str, what: str) -> tuple[int, ...]:
@@ -160,7 +150,7 @@ def _convert(ckpt: Any, vocab: Vocabulary | None, options: dict[str, Any], varia
                                   f"{len(bad)} do not, e.g. {bad[0]!r}")
         sd = {k[len(DP_PREFIX):]: v for k, v in raw.items()}
         fmt = "DSRAN-BERT torch.save dict (model=DataParallel(DSRAN).state_dict() with module. prefixes, opt)"
-    opt = _opt_dict(ckpt)
+    opt = checkpoint_options(ckpt)
     # not in the original opt (nor in the weights); checkpoints written by `vsrt train` record them
     options = {**{k: opt[k] for k in ("num_regions", "bert_heads") if opt.get(k)}, **options}
     cfg = config_from_state(sd, variant, options)

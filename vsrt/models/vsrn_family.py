@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 import torch
 
 from vsrt.errors import CheckpointError
 from vsrt.export.vsrn import stage_exports
-from vsrt.models.checkpoints import check_state_dict, namespace_to_dict
+from vsrt.models.checkpoints import check_state_dict, image_text_states
 from vsrt.models.registry import Converted, Family
 from vsrt.models.vsrn import VSRNConfig, VSRNImageEncoder, VSRNTextEncoder, build, variant_from_data_name
 from vsrt.text.vocab import Vocabulary
@@ -28,31 +27,12 @@ def looks_like(ckpt: Any) -> bool:
     return not looks_like_vsrpp(ckpt)
 
 
-def _opt_dict(ckpt: dict[str, Any]) -> dict[str, Any]:
-    opt = ckpt.get("opt")
-    if opt is None:
-        return {}
-    if not isinstance(opt, (argparse.Namespace, dict)):
-        raise CheckpointError(f"checkpoint 'opt' is a {type(opt).__name__}, expected argparse.Namespace")
-    return namespace_to_dict(opt)
-
-
 def convert(ckpt: Any, vocab: Vocabulary | None, options: dict[str, Any]) -> Converted:
     """Original VSRN checkpoint (+ vocabulary) → config and stage state dicts, every key and shape validated.
 
     ``options`` may force ``variant`` (``coco``/``f30k``) when ``opt.data_name`` is absent.
     """
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise CheckpointError("not a VSRN checkpoint: expected a dict with a 'model' entry")
-    model = ckpt["model"]
-    if not isinstance(model, (list, tuple)) or len(model) != 2 or not all(isinstance(s, dict) for s in model):
-        raise CheckpointError(
-            "not a VSRN checkpoint: 'model' must be a list [image_encoder_state_dict, text_encoder_state_dict]"
-        )
-    img_sd, txt_sd = model
-    opt = _opt_dict(ckpt)
-    if "embed.weight" not in txt_sd or "fc.weight" not in img_sd:
-        raise CheckpointError("VSRN checkpoint lacks 'embed.weight' (text) or 'fc.weight' (image)")
+    img_sd, txt_sd, opt = image_text_states(ckpt, "VSRN")
     vocab_rows, word_dim = (int(x) for x in txt_sd["embed.weight"].shape)
     embed_size, img_dim = (int(x) for x in img_sd["fc.weight"].shape)
     if options.get("variant"):

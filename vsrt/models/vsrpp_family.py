@@ -9,14 +9,13 @@ plus ``model='vsrpp'``, ``bi_gru``, ``lambda_softmax``, ``lambda_lse``, ``agg_fu
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 import torch
 
 from vsrt.errors import CheckpointError
 from vsrt.export.vsrpp import stage_exports
-from vsrt.models.checkpoints import check_state_dict, namespace_to_dict
+from vsrt.models.checkpoints import check_state_dict, checkpoint_options, image_text_states
 from vsrt.models.registry import Converted, Family
 from vsrt.models.vsrn import variant_from_data_name
 from vsrt.models.vsrpp import VSRPPConfig, VSRPPImageEncoder, VSRPPTextEncoder, build
@@ -25,15 +24,6 @@ from vsrt.training import vsrpp as _train
 
 #: ``opt`` fields only VSR++ checkpoints have (VSRN's ``opt`` has none of them)
 VSRPP_OPT_FIELDS = ("lambda_softmax", "lambda_lse", "agg_func", "mu")
-
-
-def _opt_dict(ckpt: dict[str, Any]) -> dict[str, Any]:
-    opt = ckpt.get("opt")
-    if opt is None:
-        return {}
-    if not isinstance(opt, (argparse.Namespace, dict)):
-        raise CheckpointError(f"checkpoint 'opt' is a {type(opt).__name__}, expected argparse.Namespace")
-    return namespace_to_dict(opt)
 
 
 def looks_like(ckpt: Any) -> bool:
@@ -47,7 +37,7 @@ def looks_like(ckpt: Any) -> bool:
     if "Rs_GCN_1.g.weight" not in img or "img_rnn.weight_ih_l0" not in img:
         return False
     try:
-        opt = _opt_dict(ckpt)
+        opt = checkpoint_options(ckpt)
     except CheckpointError:
         return False
     return opt.get("model") == "vsrpp" or any(k in opt for k in VSRPP_OPT_FIELDS) or "rnn.weight_ih_l0_reverse" in txt
@@ -60,17 +50,7 @@ def convert(ckpt: Any, vocab: Vocabulary | None, options: dict[str, Any]) -> Con
     ``opt.bi_gru``); the local-branch hyper-parameters from ``opt`` (``options`` may override ``mu``,
     ``lambda_softmax``, ``lambda_lse``, ``agg_func``, ``variant``).
     """
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise CheckpointError("not a VSR++ checkpoint: expected a dict with a 'model' entry")
-    model = ckpt["model"]
-    if not isinstance(model, (list, tuple)) or len(model) != 2 or not all(isinstance(s, dict) for s in model):
-        raise CheckpointError(
-            "not a VSR++ checkpoint: 'model' must be a list [image_encoder_state_dict, text_encoder_state_dict]"
-        )
-    img_sd, txt_sd = model
-    opt = _opt_dict(ckpt)
-    if "embed.weight" not in txt_sd or "fc.weight" not in img_sd:
-        raise CheckpointError("VSR++ checkpoint lacks 'embed.weight' (text) or 'fc.weight' (image)")
+    img_sd, txt_sd, opt = image_text_states(ckpt, "VSR++")
     vocab_rows, word_dim = (int(x) for x in txt_sd["embed.weight"].shape)
     embed_size, img_dim = (int(x) for x in img_sd["fc.weight"].shape)
     bi_gru = "rnn.weight_ih_l0_reverse" in txt_sd
