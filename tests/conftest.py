@@ -100,4 +100,25 @@ def small_vsrn(tmp_path: Path, vocab_words: list[str]) -> tuple[Path, Path]:
     return ckpt, vocab
 
 
+@pytest.fixture(scope="session")
+def detector_full_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Full-size BUTD detector (ResNet-101 C4, R=300, random O(1) weights) exported with parity on skimage's chelsea
+    (600×902 after resizing); built once per session (~40 s) for tests/test_detector_export.py and
+    tests/test_detector_precision.py."""
+    import numpy as np
+
+    data = pytest.importorskip("skimage.data", reason="scikit-image ships the test photograph")
+    from vsrt.cli import main
+    from vsrt.export.detector import export_detector_stages
+    from vsrt.manifest import Manifest
+
+    d = tmp_path_factory.mktemp("butd") / "det"
+    assert main(["convert-detector", "--random-init", "--seed", "0", "-o", str(d)]) == 0
+    m = Manifest.load(d)
+    image = np.ascontiguousarray(data.chelsea()[:, :, ::-1])  # RGB → BGR
+    export_detector_stages(d, m, image=image, image_name="skimage.data.chelsea (BGR)")
+    m.save(d)
+    return d
+
+
 __all__ = ["argparse", "original_vsrn_checkpoint", "write_original_vocab"]

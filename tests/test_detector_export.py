@@ -109,16 +109,10 @@ def test_tiny_end_to_end_runtime_matches_torch(tiny_dir: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ full size
 @pytest.fixture(scope="module")
-def full_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ResNet-101 C4, R=300, random O(1) weights, exported with parity on a 600×902 photograph (built once)."""
-    from vsrt.export.detector import export_detector_stages
-
-    d = tmp_path_factory.mktemp("butd") / "det"
-    assert main(["convert-detector", "--random-init", "--seed", "0", "-o", str(d)]) == 0
-    m = Manifest.load(d)
-    export_detector_stages(d, m, image=_photo(), image_name="skimage.data.chelsea (BGR)")
-    m.save(d)
-    return d
+def full_dir(detector_full_dir: Path) -> Path:
+    """ResNet-101 C4, R=300, random O(1) weights, exported with parity on a 600×902 photograph (built once per
+    session in conftest.py, shared with tests/test_detector_precision.py)."""
+    return detector_full_dir
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ The result runs on TensorRT 10 (as a strongly typed network), TensorRT 11 / Tens
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +70,12 @@ def sensitive_nodes(model: onnx.ModelProto, op_types: Iterable[str] = SENSITIVE_
 def convert_fp16(
     src: str | Path | onnx.ModelProto,
     dst: str | Path,
-    keep_fp32_nodes: Iterable[str] = (),
+    keep_fp32_nodes: Iterable[str] | Mapping[str, str] = (),
     keep_fp32_op_types: Iterable[str] = SENSITIVE_OP_TYPES,
 ) -> dict[str, Any]:
     """Write an FP16 copy of ``src`` to ``dst`` (atomically) with float32 inputs/outputs.
+
+    ``keep_fp32_nodes``: node names to keep in float32 as well, or ``{name: reason}`` (the reason is recorded).
 
     Returns what was done: ``{"fp32_nodes": {name: reason}, "fp16_nodes": count, "casts": count}``.
     """
@@ -82,13 +84,16 @@ def convert_fp16(
     model = onnx.load(str(src)) if not isinstance(src, onnx.ModelProto) else src
     ensure_node_names(model)
     names = {n.name for n in model.graph.node}
-    extra = list(keep_fp32_nodes)
+    if isinstance(keep_fp32_nodes, Mapping):
+        extra = dict(keep_fp32_nodes)
+    else:
+        extra = dict.fromkeys(keep_fp32_nodes, "measured sensitive (accuracy guard)")
     unknown = [n for n in extra if n not in names]
     if unknown:
         raise InputError(f"cannot keep unknown nodes in FP32: {', '.join(unknown[:5])}")
     keep = sensitive_nodes(model, keep_fp32_op_types)
-    for n in extra:
-        keep.setdefault(n, "measured sensitive (accuracy guard)")
+    for n, reason in extra.items():
+        keep.setdefault(n, reason)
     io_before = _io_types(model)
     casts_before = sum(n.op_type == "Cast" for n in model.graph.node)
     converted = convert_float_to_float16(

@@ -34,24 +34,31 @@ EMBED_STAGES = ("visual", "text")
 
 @dataclass
 class EvalSet:
-    """Held-out images (region features) and their captions (``captions_per_image`` per image, in order)."""
+    """Held-out images (region features) and their captions (``captions_per_image`` per image, in order), with
+    DSRAN's optional per-image ``grid`` tokens and ``region_pos`` encodings (None when the split has none)."""
 
     images: np.ndarray
     captions: list[str]
     name: str = ""
     captions_per_image: int = 5
+    grid: np.ndarray | None = None
+    region_pos: np.ndarray | None = None
 
     def head(self, n_images: int | None) -> EvalSet:
         """The first ``n_images`` images with their captions (everything when ``None``)."""
         if n_images is None or n_images >= len(self.images):
             return self
         k = self.captions_per_image
-        return EvalSet(self.images[:n_images], self.captions[: n_images * k], f"{self.name}[:{n_images}]", k)
+        return EvalSet(self.images[:n_images], self.captions[: n_images * k], f"{self.name}[:{n_images}]", k,
+                       None if self.grid is None else self.grid[:n_images],
+                       None if self.region_pos is None else self.region_pos[:n_images])
 
 
 def load_eval_set(data_dir: str | Path, split: str = "test", max_images: int | None = None) -> EvalSet:
-    """A SCAN-layout split as an :class:`EvalSet` (through :func:`vsrt.data.precomp.load_precomp`)."""
+    """A SCAN-layout split as an :class:`EvalSet` (through :func:`vsrt.data.precomp.load_precomp`), with DSRAN's
+    optional ``{split}_grid.npy`` / ``{split}_region_pos.npy`` (:func:`vsrt.runtime.dsran.load_dsran_extras`)."""
     from vsrt.data.precomp import load_precomp
+    from vsrt.runtime.dsran import load_dsran_extras
 
     data = load_precomp(data_dir, split)
     images = np.asarray(data.images)
@@ -64,7 +71,8 @@ def load_eval_set(data_dir: str | Path, split: str = "test", max_images: int | N
             f"split '{split}' in {data_dir}: {len(captions)} captions for {len(images)} images is not a whole number "
             "of captions per image"
         )
-    return EvalSet(images, captions, f"{Path(data_dir).name}/{split}", per).head(max_images)
+    grid, region_pos = load_dsran_extras(data_dir, split, len(images))
+    return EvalSet(images, captions, f"{Path(data_dir).name}/{split}", per, grid, region_pos).head(max_images)
 
 
 @dataclass
@@ -148,8 +156,26 @@ class AccuracyGuard:
                 self.model_dir, model.manifest, stage, "onnxruntime", precisions.get(stage, "fp32"),
                 intra_op_threads=self.threads,
             )
+        if model.family.startswith("dsran"):
+            return self._embed_dsran(model)
         img = model.encode_regions(np.asarray(self.data.images, np.float32), batch_size=32)
         txt = model.encode_texts(self.data.captions, batch_size=128)
+        return {"visual": img, "text": txt}
+
+    def _embed_dsran(self, model: Any) -> dict[str, np.ndarray]:
+        """DSRAN through :mod:`vsrt.runtime.dsran`, with the substitutes of its precomputed-data evaluation (grid
+        tokens derived from the regions, zero region encodings) where the split has no file."""
+        from vsrt.runtime.dsran import encode_dsran_regions, encode_dsran_texts, grid_from_regions
+
+        regions = np.asarray(self.data.images, np.float32)
+        specs = {s.name: s.shape for s in model.manifest.stage("visual").inputs}
+        grid = self.data.grid if self.data.grid is not None else grid_from_regions(regions, int(specs["grid"][1]))
+        pos = None
+        if "region_pos" in specs:
+            pos = self.data.region_pos if self.data.region_pos is not None else np.zeros(
+                (len(regions), int(specs["region_pos"][1]), int(specs["region_pos"][2])), np.float32)
+        img = encode_dsran_regions(model, grid, regions, pos, batch_size=32)
+        txt = encode_dsran_texts(model, self.data.captions, batch_size=128)
         return {"visual": img, "text": txt}
 
     @property

@@ -24,7 +24,7 @@ import io
 import json
 import logging
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,11 +212,13 @@ def quantize_int8(
     fp32: str | Path,
     dst: str | Path,
     stats: CalibrationStats,
-    exclude_nodes: Iterable[str] = (),
+    exclude_nodes: Iterable[str] | Mapping[str, str] = (),
     op_types: Iterable[str] = QUANTIZE_OP_TYPES,
     per_channel: bool = True,
 ) -> dict[str, Any]:
     """Write the Q/DQ INT8 graph of ``fp32`` to ``dst`` (atomically) using ``stats``.
+
+    ``exclude_nodes``: node names kept in float, or ``{name: reason}`` (the reason is recorded).
 
     Returns ``{"quantized_nodes": [...], "excluded": {name: reason}, "qdq_nodes": n}``. Raises
     :class:`InputError` when the result fails :func:`check_qdq_for_tensorrt`.
@@ -229,10 +231,12 @@ def quantize_int8(
     names = {n.name for n in model.graph.node}
     op_types = list(op_types)
     excluded = default_exclusions(model, op_types)
-    for n in exclude_nodes:
+    reasons = dict(exclude_nodes) if isinstance(exclude_nodes, Mapping) else dict.fromkeys(
+        exclude_nodes, "kept in float (accuracy guard)")
+    for n, reason in reasons.items():
         if n not in names:
             raise InputError(f"cannot exclude unknown node '{n}' from quantization")
-        excluded.setdefault(n, "kept in float (accuracy guard)")
+        excluded.setdefault(n, reason)
     inits = {i.name for i in model.graph.initializer}
     for node in model.graph.node:  # an activation without a finite range cannot get a Q/DQ pair
         if node.op_type in op_types and node.name not in excluded:

@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from vsrt.calibration.compare import compare_graphs
+from vsrt.calibration.detector import DETECTOR_STAGES
+from vsrt.calibration.detector import fp16_keep_nodes as detector_fp16_keep
+from vsrt.calibration.detector import int8_exclude_nodes as detector_int8_exclude
 from vsrt.calibration.fp16 import convert_fp16
 from vsrt.calibration.guard import (
     EMBED_STAGES,
@@ -38,9 +41,11 @@ from vsrt.calibration.int8 import CalibrationStats, collect_stats, quantizable_n
 from vsrt.calibration.sources import (
     CalibrationSource,
     CaptionSource,
+    DSRANImageSource,
     ImageFolderSource,
     RandomSource,
     RegionFeatureSource,
+    StageDataError,
     split_source,
 )
 from vsrt.calibration.trt10_cache import DEFAULT_TRT_VERSION, write_calibration_cache
@@ -122,21 +127,65 @@ class Calibrator:
         src: CalibrationSource | None = None
         count = o.count if purpose == "calib" else min(o.count, 64)
         seed = o.seed if purpose == "calib" else o.seed + 1
+        dsran = self.family.startswith("dsran")
         if o.random_inputs:
             src = self._random_source(stage, count, seed)
-        elif stage == "visual" and o.features is not None and purpose == "calib":
+        elif stage == "visual" and o.features is not None and purpose == "calib" and not dsran:
             src = RegionFeatureSource(o.features, count, seed, o.batch_size, stage, spec[0].name,
                                       [int(d) for d in spec[0].shape[1:]])
         elif stage == "text" and o.captions is not None and purpose == "calib":
             src = CaptionSource.from_model_dir(o.captions, self.model_dir, stage, count=count, seed=seed,
                                                batch_size=max(o.batch_size, 32))
-        elif o.data_dir is not None and stage in EMBED_STAGES:
-            split = o.calib_split if purpose == "calib" else o.eval_split
-            src = split_source(o.data_dir, split, stage, self.model_dir, count, seed, o.batch_size)
+        elif o.data_dir is not None and (src := self._split_source(stage, purpose, count, seed)) is not None:
+            pass
+        elif stage == "pair_scorer":
+            self._no_data.setdefault(stage, "stage 'pair_scorer' takes the outputs of the visual and text stages: "
+                                            "give --data DIR (a split's region features and captions)")
+        elif o.images is not None and dsran and stage in ("grid", "visual"):
+            src = DSRANImageSource(o.images, self.model_dir, stage, count, seed, min(o.batch_size, 8))
         elif o.images is not None:
             src = ImageFolderSource(o.images, self.model_dir, stage, count, seed, min(o.batch_size, 8))
+        elif dsran and stage == "visual" and o.features is not None:
+            self._no_data.setdefault(stage, "DSRAN's visual stage takes grid tokens and regions (and region "
+                                            "encodings), not --features alone: give --data DIR or --images DIR")
         self._sources[key] = src
         return src
+
+    @property
+    def family(self) -> str:
+        """The model family (``config.json``)."""
+        if not hasattr(self, "_family"):
+            from vsrt.modeldir import read_model_info
+
+            self._family = read_model_info(self.model_dir).family
+        return self._family
+
+    @property
+    def _no_data(self) -> dict[str, str]:
+        """Why a stage has no data: ``{stage: message}`` (set while looking for its source)."""
+        if not hasattr(self, "_no_data_reasons"):
+            self._no_data_reasons: dict[str, str] = {}
+        return self._no_data_reasons
+
+    def _split_source(self, stage: str, purpose: str, count: int, seed: int) -> CalibrationSource | None:
+        """``--data DIR``'s split for ``stage``, or None (reason kept) when a split cannot feed the stage."""
+        o = self.opt
+        split = o.calib_split if purpose == "calib" else o.eval_split
+        try:
+            return split_source(o.data_dir, split, stage, self.model_dir, count, seed, o.batch_size)
+        except StageDataError as exc:
+            self._no_data.setdefault(stage, str(exc))
+            return None
+
+    def no_data_error(self, stages: list[str]) -> InputError:
+        """The error for stages without calibration data, with each stage's reason where one is known."""
+        reasons = [self._no_data[s] for s in stages if s in self._no_data]
+        generic = [s for s in stages if s not in self._no_data]
+        parts = []
+        if generic:
+            parts.append(f"no calibration data for stage(s) {', '.join(repr(s) for s in generic)}: give --data DIR "
+                         "(SCAN layout) for visual/text/pair_scorer, --features/--captions, or --images DIR")
+        return StageDataError("; ".join(parts + reasons))
 
     def parity_batches(self, stage: str) -> list[dict[str, Any]]:
         """Held-out batches (or calibration batches, or random inputs) on which parity is measured."""
@@ -156,7 +205,8 @@ class Calibrator:
     # ------------------------------------------------------------------ graphs
     def make_fp16(self, stage: str, keep: list[str] | None = None, register: bool = True) -> dict[str, Any]:
         keep = list(keep if keep is not None else self.opt.keep_fp32_nodes.get(stage, []))
-        info = convert_fp16(self.fp32_path(stage), self.model_dir / _rel(stage, "fp16"), keep_fp32_nodes=keep)
+        info = convert_fp16(self.fp32_path(stage), self.model_dir / _rel(stage, "fp16"),
+                            keep_fp32_nodes=self._fp16_keep(stage, keep))
         if register:
             parity = compare_graphs(self.fp32_path(stage), self.model_dir / _rel(stage, "fp16"),
                                     self.parity_batches(stage), threads=self.opt.threads)
@@ -165,6 +215,26 @@ class Calibrator:
                                    converter=info["converter"])
         return info
 
+    def _fp16_keep(self, stage: str, keep: list[str]) -> dict[str, str]:
+        """``keep`` (measured or named nodes) plus the stage's own float32 rules (the detector's RoI coordinates)."""
+        out: dict[str, str] = {}
+        if stage in DETECTOR_STAGES:
+            import onnx
+
+            out.update(detector_fp16_keep(stage, onnx.load(str(self.fp32_path(stage)), load_external_data=False)))
+        out.update(dict.fromkeys((n for n in keep if n not in out), "measured sensitive (accuracy guard)"))
+        return out
+
+    def _int8_exclude(self, stage: str, exclude: list[str]) -> dict[str, str]:
+        """``exclude`` (measured or named nodes) plus the stage's own float rules (the detector's box predictor)."""
+        out: dict[str, str] = {}
+        if stage in DETECTOR_STAGES:
+            import onnx
+
+            out.update(detector_int8_exclude(stage, onnx.load(str(self.fp32_path(stage)), load_external_data=False)))
+        out.update(dict.fromkeys((n for n in exclude if n not in out), "kept in float (accuracy guard)"))
+        return out
+
     def stats(self, stage: str) -> CalibrationStats:
         """Collect (once) and save the stage's activation statistics and its TensorRT 10 cache."""
         if not hasattr(self, "_stats"):
@@ -172,10 +242,7 @@ class Calibrator:
         if stage not in self._stats:
             src = self.source(stage, "calib")
             if src is None:
-                raise InputError(
-                    f"no calibration data for stage '{stage}': give --data DIR (SCAN layout) for visual/text, "
-                    "--features/--captions, or --images DIR"
-                )
+                raise self.no_data_error([stage])
             self.log(f"{stage}: calibrating ({self.opt.method}, {src.num_samples} samples)")
             stats = collect_stats(self.fp32_path(stage), src, self.opt.method, self.opt.percentile)
             stats.save(self.model_dir / f"calibration/{stage}.{self.opt.method}.json")
@@ -186,7 +253,8 @@ class Calibrator:
     def make_int8(self, stage: str, exclude: list[str] | None = None, register: bool = True) -> dict[str, Any]:
         exclude = list(exclude if exclude is not None else self.opt.exclude_int8_nodes.get(stage, []))
         stats = self.stats(stage)
-        info = quantize_int8(self.fp32_path(stage), self.model_dir / _rel(stage, "int8"), stats, exclude)
+        info = quantize_int8(self.fp32_path(stage), self.model_dir / _rel(stage, "int8"), stats,
+                             self._int8_exclude(stage, exclude))
         if register:
             parity = compare_graphs(self.fp32_path(stage), self.model_dir / _rel(stage, "int8"),
                                     self.parity_batches(stage), threads=self.opt.threads)
@@ -225,10 +293,7 @@ class Calibrator:
         if "int8" in o.precisions:  # fail before writing anything when INT8 has no data to calibrate on
             missing = [s for s in self.stages if self.source(s, "calib") is None]
             if missing:
-                raise InputError(
-                    f"no calibration data for stage(s) {', '.join(repr(s) for s in missing)}: give --data DIR "
-                    "(SCAN layout) for visual/text, --features/--captions, or --images DIR"
-                )
+                raise self.no_data_error(missing)
         guard = None
         if o.guard and all(s in self.stages for s in EMBED_STAGES) and o.data_dir is not None:
             self.eval_set = load_eval_set(o.data_dir, o.eval_split, o.eval_images)

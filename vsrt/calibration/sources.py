@@ -286,12 +286,24 @@ class CaptionSource(CalibrationSource):
     def from_model_dir(
         cls, captions: str | Path | Sequence[str], model_dir: str | Path, stage: str = "text", **kwargs: Any
     ) -> CaptionSource:
-        """Tokenise with the model directory's own vocabulary and tokenizer (the runtime's code)."""
+        """Tokenise with the model directory's own vocabulary and tokenizer (the runtime's code): the word
+        tokenizer (``tokens``, ``lengths``) for word-vocabulary models, or — for a text stage that takes
+        ``input_ids`` (DSRAN-BERT) — the model's WordPiece tokenizer, as :func:`vsrt.runtime.dsran.encode_dsran_texts`
+        feeds it."""
         from vsrt.runtime.model import RetrievalModel
 
         model = RetrievalModel(model_dir, backend="onnxruntime")
         names = [s.name for s in model.manifest.stage(stage).inputs]
-        return cls(captions, model.tokenize, names, stage=stage, **kwargs)
+        tokenize: Callable[[list[str]], tuple[np.ndarray, ...]] = model.tokenize
+        if names == ["input_ids"]:
+            from vsrt.runtime.dsran import wordpiece_tokenizer
+
+            wordpiece = wordpiece_tokenizer(model)
+
+            def tokenize(texts: list[str]) -> tuple[np.ndarray, ...]:
+                return (wordpiece.encode(texts),)
+
+        return cls(captions, tokenize, names, stage=stage, **kwargs)
 
     @property
     def num_samples(self) -> int:
@@ -486,6 +498,308 @@ def _load_npy(path: Path) -> np.ndarray:
         raise InputError(f"cannot read {path}: {exc}") from None
 
 
+class StageDataError(InputError):
+    """The data given cannot feed a stage (e.g. a precomputed split for a stage that takes raw pixels); the
+    message names the stage and the option that gives it data."""
+
+
+class _CaptureBackend:
+    """Stands in for a stage's backend: keeps the feeds it is given and returns zeros of its output shapes.
+
+    Lets a source record exactly what runtime code feeds a stage without running that stage.
+    """
+
+    def __init__(self, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> None:
+        self._inputs, self._outputs = list(inputs), list(outputs)
+        self.calls: list[Feeds] = []
+        self.name = "capture"
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
+
+    def run(self, feeds: Feeds) -> Feeds:
+        self.calls.append(dict(feeds))
+        batch = len(next(iter(feeds.values())))
+        out = {}
+        for spec in self._outputs:
+            shape = [batch if i == 0 else (int(d) if isinstance(d, int) else 1) for i, d in enumerate(spec.shape)]
+            out[spec.name] = np.zeros(shape, np.dtype(spec.dtype))
+        return out
+
+
+def _family(model_dir: str | Path) -> str:
+    from vsrt.modeldir import read_model_info
+
+    return read_model_info(model_dir).family
+
+
+def _bounded_k(spec: TensorSpec, k: int | None, pool: int) -> int:
+    """Shortlist size: ``k``, else the stage's ``opt`` batch (else 64), within its profile and the image pool."""
+    if k is None:
+        k = int(spec.opt[0]) if spec.opt else 64
+    lo = int(spec.min[0]) if spec.min else 1
+    hi = int(spec.max[0]) if spec.max else k
+    if k < 1:
+        raise InputError(f"shortlist size k must be >= 1, got {k}")
+    return max(lo, min(k, hi, pool))
+
+
+class PairScorerSource(CalibrationSource):
+    """Inputs of VSR++'s ``pair_scorer`` stage, derived from region features and captions.
+
+    ``pair_scorer``'s inputs are outputs of the other stages, so this source runs the model's FP32 ``visual`` and
+    ``text`` ONNX graphs (the runtime's :class:`~vsrt.runtime.model.RetrievalModel` with ONNX Runtime; no torch)
+    on a deterministic sample of images and captions, and for each sampled caption records exactly what
+    :meth:`vsrt.runtime.pairwise.PairwiseScorer.rerank_images` feeds the stage at re-ranking time: the ``k``
+    best images by the global score (their ``region_features [k, R, D]``), the caption's ``word_features
+    [1, len, D]`` cut to its length and ``lengths [1]``. The stage itself is not run while recording.
+
+    One batch per caption query. Images: ``max(k, count)`` sampled (seed ``seed``), every caption of a sampled
+    image is a candidate query when ``captions_per_image`` is given (so the shortlist holds the true match), else
+    the captions are sampled from all of them (seed ``seed + 1``).
+
+    Args:
+        regions: region features ``[N, R, F]`` (memory-mapped is fine).
+        captions: captions (``captions_per_image`` consecutive ones per image when given).
+        model_dir: the model directory (its FP32 ``visual`` / ``text`` graphs run the upstream stages).
+        count: caption queries (batches).
+        seed: sampling seed.
+        k: shortlist size (default: the stage's ``opt`` profile batch, within its ``min``..``max``).
+        captions_per_image: captions per image of a SCAN split (5), or None for captions unrelated to ``regions``.
+        origin: what the data is (paths, split) for :meth:`describe`.
+    """
+
+    def __init__(
+        self,
+        regions: np.ndarray,
+        captions: Sequence[str],
+        model_dir: str | Path,
+        count: int | None = 256,
+        seed: int = 0,
+        k: int | None = None,
+        captions_per_image: int | None = 5,
+        stage: str = "pair_scorer",
+        origin: dict[str, Any] | None = None,
+    ) -> None:
+        from vsrt.manifest import Manifest
+
+        self.model_dir, self.stage, self.seed, self.batch_size = Path(model_dir), stage, seed, 1
+        self.origin = dict(origin or {})
+        manifest = Manifest.load(self.model_dir)
+        if stage not in manifest.stages:
+            raise InputError(f"{self.model_dir} has no stage '{stage}'")
+        for up in ("visual", "text"):
+            if up not in manifest.stages or "fp32" not in manifest.stages[up].files:
+                raise InputError(
+                    f"stage '{stage}' is calibrated on the outputs of the '{up}' stage, which has no FP32 ONNX file "
+                    f"in {self.model_dir}; run `vsrt export` first"
+                )
+        regions = regions if isinstance(regions, np.ndarray) else np.asarray(regions)
+        if regions.ndim != 3:
+            raise InputError(f"region features for stage '{stage}' must be [N, R, F], got {list(regions.shape)}")
+        captions = list(captions)
+        if not captions:
+            raise InputError(f"no captions to derive stage '{stage}' inputs from")
+        if count is not None and count <= 0:
+            raise InputError(f"calibration count must be positive, got {count}")
+        n = len(regions)
+        pool = n if count is None else min(n, max(count, _bounded_k(manifest.stage(stage).inputs[0], k, n)))
+        self.images = sample_indices(n, pool, seed, f"images for stage '{stage}'")
+        self.k = _bounded_k(manifest.stage(stage).inputs[0], k, len(self.images))
+        if captions_per_image:
+            if len(captions) != captions_per_image * n:
+                raise InputError(
+                    f"{len(captions)} captions for {n} images is not {captions_per_image} captions per image"
+                )
+            pool_caps = (self.images[:, None] * captions_per_image + np.arange(captions_per_image)).reshape(-1)
+        else:
+            pool_caps = np.arange(len(captions))
+        pick = sample_indices(len(pool_caps), count, seed + 1, f"captions for stage '{stage}'")
+        self.caption_indices = pool_caps[pick]
+        self.captions_per_image = captions_per_image
+        self._regions, self._captions = regions, captions
+        self._items: tuple[Any, Any, Any] | None = None
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.caption_indices)
+
+    def _upstream(self) -> tuple[Any, Any, Any]:
+        """``(model, ImageItems, CaptionItems)``: the FP32 visual / text outputs of the sample (computed once)."""
+        if self._items is None:
+            from vsrt.runtime.model import RetrievalModel
+            from vsrt.runtime.pairwise import encode_caption_items, encode_image_items
+
+            model = RetrievalModel(self.model_dir, backend="onnxruntime", precision="fp32")
+            regions = np.ascontiguousarray(self._regions[self.images], dtype=np.float32)
+            images = encode_image_items(model, regions)
+            captions = encode_caption_items(model, [self._captions[int(c)] for c in self.caption_indices])
+            self._items = (model, images, captions)
+        return self._items
+
+    def _batches(self) -> Iterator[Feeds]:
+        from vsrt.runtime.pairwise import PairwiseScorer
+
+        model, images, captions = self._upstream()
+        spec = model.manifest.stage(self.stage)
+        capture = _CaptureBackend(spec.inputs, spec.outputs)
+        model.backends[self.stage] = capture
+        scorer = PairwiseScorer(model)
+        for q in range(len(captions)):
+            capture.calls.clear()
+            scorer.rerank_images(captions, q, images, self.k)
+            yield from list(capture.calls)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "derived", "stage": self.stage, **self.origin,
+                "upstream": {"visual": "fp32 onnx (onnxruntime)", "text": "fp32 onnx (onnxruntime)"},
+                "feeds": "vsrt.runtime.pairwise.PairwiseScorer.rerank_images: caption vs its global top-k images",
+                "count": self.num_samples, "shortlist_k": self.k, "image_pool": len(self.images),
+                "seed": self.seed, "batch_size": self.batch_size}
+
+
+class DSRANRegionSource(CalibrationSource):
+    """DSRAN's ``visual`` stage inputs from a precomputed split, as the runtime's evaluation feeds them
+    (:func:`vsrt.runtime.dsran.dsran_similarity_matrix`): ``regions`` from ``{split}_ims.npy``, ``grid`` from
+    ``{split}_grid.npy`` or, without it, derived from the regions (:func:`vsrt.runtime.dsran.grid_from_regions`, the
+    synthetic-data convention), and for DSRAN-BERT ``region_pos`` from ``{split}_region_pos.npy`` or zeros.
+
+    Args:
+        data_dir / split: the SCAN-like DSRAN layout (``docs/dsran.md``).
+        model_dir: the model directory (its ``visual`` input specs are checked).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        split: str,
+        model_dir: str | Path,
+        count: int | None = 256,
+        seed: int = 0,
+        batch_size: int = 16,
+        stage: str = "visual",
+    ) -> None:
+        from vsrt.manifest import Manifest
+        from vsrt.runtime.dsran import load_dsran_extras
+
+        if batch_size <= 0:
+            raise InputError(f"batch size must be positive, got {batch_size}")
+        self.data_dir, self.split, self.stage = Path(data_dir), split, stage
+        self.batch_size, self.seed = batch_size, seed
+        self.path = self.data_dir / f"{split}_ims.npy"
+        if not self.path.is_file():
+            raise InputError(f"region features not found: {self.path} (split '{split}' of {self.data_dir})")
+        self.regions = _load_npy(self.path)
+        self.specs = {s.name: s for s in Manifest.load(model_dir).stage(stage).inputs}
+        for name in ("grid", "regions"):
+            if name not in self.specs:
+                raise InputError(f"stage '{stage}' of {model_dir} has no '{name}' input: not a DSRAN visual stage")
+        self._check("regions", self.regions, self.path)
+        self.grid, self.region_pos = load_dsran_extras(self.data_dir, split, len(self.regions))
+        if self.grid is not None:
+            self._check("grid", self.grid, self.data_dir / f"{split}_grid.npy")
+        if self.region_pos is not None and "region_pos" in self.specs:
+            self._check("region_pos", self.region_pos, self.data_dir / f"{split}_region_pos.npy")
+        self.indices = sample_indices(len(self.regions), count, seed, f"region features in {self.path}")
+
+    def _check(self, name: str, a: np.ndarray, path: Path) -> None:
+        want = [int(d) for d in self.specs[name].shape[1:]]
+        if a.ndim != 3 or list(a.shape[1:]) != want:
+            raise InputError(f"{path} has per-image shape {list(a.shape[1:])}; stage '{self.stage}' input "
+                             f"'{name}' takes {want}")
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.indices)
+
+    def _batches(self) -> Iterator[Feeds]:
+        from vsrt.runtime.dsran import grid_from_regions
+
+        tokens = int(self.specs["grid"].shape[1])
+        for s in range(0, len(self.indices), self.batch_size):
+            idx = self.indices[s : s + self.batch_size]
+            regions = np.ascontiguousarray(self.regions[idx], dtype=np.float32)
+            if not np.isfinite(regions).all():
+                raise InputError(f"region features in {self.path} contain NaN or Inf")
+            grid = grid_from_regions(regions, tokens) if self.grid is None else self.grid[idx]
+            feeds = {"grid": np.ascontiguousarray(grid, dtype=np.float32), "regions": regions}
+            if "region_pos" in self.specs:
+                shape = [len(idx), *(int(d) for d in self.specs["region_pos"].shape[1:])]
+                pos = np.zeros(shape, np.float32) if self.region_pos is None else self.region_pos[idx]
+                feeds["region_pos"] = np.ascontiguousarray(pos, dtype=np.float32)
+            yield feeds
+
+    def describe(self) -> dict[str, Any]:
+        out = {"kind": "dsran_regions", "path": str(self.path), "split": self.split, "count": self.num_samples,
+               "seed": self.seed, "batch_size": self.batch_size,
+               "grid": f"{self.split}_grid.npy" if self.grid is not None else
+               "derived from the regions (grid_from_regions: synthetic-data convention, docs/dsran.md)"}
+        if "region_pos" in self.specs:
+            out["region_pos"] = f"{self.split}_region_pos.npy" if self.region_pos is not None else "zeros"
+        return out
+
+
+class DSRANImageSource(CalibrationSource):
+    """DSRAN stages fed from a folder of images through the runtime (:mod:`vsrt.runtime.dsran`), recording what
+    the stage receives: ``grid`` gets the ResNet pixels of :func:`~vsrt.runtime.dsran.encode_grid` (DSRAN's test
+    transform); ``visual`` gets the grid tokens and the detector's regions of
+    :func:`~vsrt.runtime.dsran.encode_dsran_images` (the model directory needs a detector configured for the
+    stage's region count).
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        model_dir: str | Path,
+        stage: str = "grid",
+        count: int | None = 64,
+        seed: int = 0,
+        batch_size: int = 8,
+    ) -> None:
+        if stage not in ("grid", "visual"):
+            raise InputError(f"DSRAN images feed the 'grid' and 'visual' stages, not '{stage}'")
+        if batch_size <= 0:
+            raise InputError(f"batch size must be positive, got {batch_size}")
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise InputError(f"image folder not found: {self.folder}")
+        self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.indices = sample_indices(len(self.files), count, seed, f"images in {self.folder}")
+        self.model_dir, self.stage, self.batch_size, self.seed = Path(model_dir), stage, batch_size, seed
+        self._cache: list[Feeds] | None = None
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.indices)
+
+    def _batches(self) -> Iterator[Feeds]:
+        if self._cache is None:
+            from vsrt.runtime import dsran
+            from vsrt.runtime.model import RetrievalModel
+
+            model = RetrievalModel(self.model_dir, backend="onnxruntime", precision="fp32")
+            paths = [self.files[int(i)] for i in self.indices]
+            recorder = _RecordingBackend(model.stage(self.stage))
+            model.backends[self.stage] = recorder
+            if self.stage == "grid":
+                dsran.encode_grid(model, paths, self.batch_size)
+            else:
+                dsran.encode_dsran_images(model, paths, batch_size=self.batch_size)
+            self._cache = recorder.calls
+        yield from self._cache
+
+    def describe(self) -> dict[str, Any]:
+        how = "runtime grid preprocessing (Resize 256, CenterCrop, ImageNet normalisation)" if self.stage == "grid" \
+            else "runtime grid stage + detector regions"
+        return {"kind": "images", "path": str(self.folder), "count": self.num_samples, "seed": self.seed,
+                "batch_size": self.batch_size, "preprocessing": how}
+
+
 def split_source(
     data_dir: str | Path,
     split: str,
@@ -494,17 +808,30 @@ def split_source(
     count: int | None = 256,
     seed: int = 0,
     batch_size: int = 16,
+    k: int | None = None,
 ) -> CalibrationSource:
-    """The source for ``stage`` from a SCAN-layout dataset split (``{split}_ims.npy`` / ``{split}_caps.txt``).
+    """The source for ``stage`` from a SCAN-layout dataset split (``{split}_ims.npy`` / ``{split}_caps.txt``),
+    giving each stage what the runtime gives it from that layout:
 
-    Only the ``visual`` and ``text`` stages read a precomputed split; other stages need images
-    (:class:`ImageFolderSource`).
+    * ``visual`` — the region features (DSRAN: :class:`DSRANRegionSource`, grid tokens and region encodings from
+      the split's optional files, else the documented substitutes);
+    * ``text`` — the captions through the model's own tokenizer (word ids, or WordPiece for DSRAN-BERT);
+    * ``pair_scorer`` (VSR++) — :class:`PairScorerSource`, derived through the FP32 visual and text stages
+      (``k``: the shortlist size).
+
+    Any other stage (DSRAN's ``grid``, which takes pixels; the detector's stages) is a :class:`StageDataError`
+    naming the option that feeds it.
     """
     from vsrt.manifest import Manifest
 
     data_dir = Path(data_dir)
     manifest = Manifest.load(model_dir)
+    if stage not in manifest.stages:
+        raise InputError(f"{model_dir} has no stage '{stage}' (its stages: {', '.join(manifest.stages)})")
+    family = _family(model_dir)
     spec = manifest.stage(stage).inputs
+    if stage == "visual" and family.startswith("dsran"):
+        return DSRANRegionSource(data_dir, split, model_dir, count, seed, batch_size, stage)
     if stage == "visual":
         return RegionFeatureSource(
             data_dir / f"{split}_ims.npy", count, seed, batch_size, stage, spec[0].name,
@@ -514,6 +841,22 @@ def split_source(
         return CaptionSource.from_model_dir(
             data_dir / f"{split}_caps.txt", model_dir, stage, count=count, seed=seed, batch_size=max(batch_size, 32)
         )
-    raise InputError(
-        f"stage '{stage}' cannot be calibrated from a precomputed split; give a folder of images (--images DIR)"
+    if stage == "pair_scorer":
+        from vsrt.data.precomp import load_precomp
+
+        data = load_precomp(data_dir, split)
+        return PairScorerSource(
+            data.images, data.captions, model_dir, count, seed, k, data.captions_per_image, stage,
+            origin={"regions": str(data_dir / f"{split}_ims.npy"), "captions": str(data_dir / f"{split}_caps.txt"),
+                    "split": split},
+        )
+    if stage == "grid":
+        raise StageDataError(
+            f"stage 'grid' (DSRAN's ResNet grid encoder) takes raw image pixels, which a precomputed split "
+            f"({data_dir}) does not have: give a folder of images with --images DIR, or leave the stage out "
+            "(--stage visual --stage text)"
+        )
+    raise StageDataError(
+        f"stage '{stage}' cannot be calibrated from a precomputed split ({data_dir}): give a folder of images "
+        "(--images DIR)"
     )

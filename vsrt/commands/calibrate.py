@@ -24,9 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:
             "cosine and Recall@1/5/10 in both directions. If the worst R@1 drop exceeds --budget (points), the\n"
             "sensitivity pass returns the most harmful layers to higher precision until it holds; if it still does\n"
             "not, that precision is refused: its files are removed and the command exits with status 3.\n\n"
-            "Calibration data: --data DIR's --calib-split (regions for visual, captions for text), or --features\n"
-            "(.npy [N,36,2048] or a folder of [36,2048] files), --captions (one per line), --images (a folder,\n"
-            "through the model's own detector). Sampling is deterministic (--count, --seed)."
+            "Calibration data: --data DIR's --calib-split feeds every stage the runtime feeds from such data:\n"
+            "regions for visual (DSRAN: regions plus {split}_grid.npy / {split}_region_pos.npy when present),\n"
+            "captions for text (word vocabulary or WordPiece, as the model tokenises), and for VSR++'s pair_scorer\n"
+            "the relation-enhanced regions of each caption's global top-k and its word features, made by the FP32\n"
+            "visual and text graphs. Stages that take pixels (DSRAN's grid encoder, the detector graphs) need\n"
+            "--images (a folder, through the model's own preprocessing and detector). Also --features\n"
+            "(.npy [N,36,2048] or a folder of [36,2048] files) and --captions (one per line). Sampling is\n"
+            "deterministic (--count, --seed)."
         ),
     )
     p.add_argument("model_dir", help="model directory with FP32 ONNX files (`vsrt export`)")

@@ -62,9 +62,15 @@ def load_detector(model_dir: str | Path) -> tuple[DetectorConfig, BUADetector]:
 
 
 def stage_specs(cfg: DetectorConfig) -> dict[str, Stage]:
-    """The two stages' I/O with TensorRT profiles (image min 64², opt test_scale×test_max_size, max max²)."""
+    """The two stages' I/O with TensorRT profiles (image min 64², opt test_scale×test_max_size, max max²).
+
+    The minimum is :data:`vsrt.runtime.detector.preprocess.MIN_INPUT_SIDE`: the runtime zero-pads thinner blobs up to
+    it (``pad_blob``), so every image the runtime accepts fits the profile.
+    """
+    from vsrt.runtime.detector.preprocess import MIN_INPUT_SIDE
+
     a, c4, r = cfg.num_anchors, cfg.res4_channels, cfg.num_rois
-    lo, opt, hi = 64, (cfg.test_scale, cfg.test_max_size), cfg.test_max_size
+    lo, opt, hi = MIN_INPUT_SIDE, (cfg.test_scale, cfg.test_max_size), cfg.test_max_size
     f = [feature_size(v) for v in (lo, opt[0], opt[1], hi)]
     image = TensorSpec("image", "float32", [1, 3, "height", "width"], [1, 3, lo, lo], [1, 3, *opt], [1, 3, hi, hi])
     res4_out = TensorSpec("res4", "float32", [1, c4, "feat_h", "feat_w"])

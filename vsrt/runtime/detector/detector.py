@@ -2,7 +2,8 @@
 
 Pipeline per image (timed per step in :attr:`Detector.last_timings`)::
 
-    preprocess     decode / convert (images.py) + Caffe resize and mean subtraction (preprocess.py)
+    preprocess     decode / convert (images.py) + Caffe resize and mean subtraction (preprocess.py); a blob
+                   thinner than the graph's minimum input is zero-padded bottom/right (``pad_blob``, see there)
     backbone_rpn   graph A: image → res4, rpn_prob, rpn_delta
     proposals      host: anchors, "+1" decode, clip, min size, top 6000, NMS 0.7, top R, padding (proposals.py)
     roi_head       graph B: res4 + rois [R, 4] → pool5, cls_prob, attr_prob
@@ -39,7 +40,7 @@ from vsrt.manifest import Manifest
 from vsrt.modeldir import read_model_info
 from vsrt.runtime.backends.base import Backend
 from vsrt.runtime.detector.images import ImageInput, load_image
-from vsrt.runtime.detector.preprocess import preprocess_image
+from vsrt.runtime.detector.preprocess import MIN_INPUT_SIDE, pad_blob, preprocess_image
 from vsrt.runtime.detector.proposals import propose
 from vsrt.runtime.detector.selection import attribute_labels, object_labels, select
 
@@ -150,7 +151,9 @@ class Detector:
     Build with :meth:`from_model_dir`. ``backends`` maps ``backbone_rpn`` / ``roi_head`` to the backends running
     them (replaceable, e.g. by a calibration recorder). ``bind``: ``auto`` keeps ``res4`` on the device through ONNX
     Runtime IOBinding when both graphs run on the same ONNX Runtime GPU provider; ``always`` forces the IOBinding
-    path (also on the CPU, for tests), ``never`` uses plain ``run`` calls.
+    path (also on the CPU, for tests), ``never`` uses plain ``run`` calls. ``min_input_hw``: the smallest
+    ``(H, W)`` the ``backbone_rpn`` graph takes (its manifest profile minimum); thinner blobs are zero-padded to it.
+    ``precision`` (``fp32`` / ``fp16`` / ``int8``) is the one the stage files were opened at.
     """
 
     def __init__(
@@ -160,6 +163,8 @@ class Detector:
         bind: str = "auto",
         device_id: int = 0,
         roi_pool: str = "standard",
+        min_input_hw: tuple[int, int] = (MIN_INPUT_SIDE, MIN_INPUT_SIDE),
+        precision: str = "fp32",
     ) -> None:
         if set(backends) != {"backbone_rpn", "roi_head"}:
             raise InputError(f"Detector needs backends 'backbone_rpn' and 'roi_head', got {sorted(backends)}")
@@ -170,6 +175,8 @@ class Detector:
         self.bind = bind
         self.device_id = device_id
         self.roi_pool = roi_pool
+        self.min_input_hw = (int(min_input_hw[0]), int(min_input_hw[1]))
+        self.precision = precision
         self.last_timings: dict[str, float] = {}
         self._check_io()
 
@@ -186,7 +193,11 @@ class Detector:
         **backend_options: Any,
     ) -> Detector:
         """Open the detector of a model directory (stages ``backbone_rpn`` and ``roi_head``, ``config.json``'s
-        ``"detector"``) with ``backend_name`` at ``precision``; ``roi_pool`` picks the ``roi_head`` variant."""
+        ``"detector"``) with ``backend_name`` at ``precision``; ``roi_pool`` picks the ``roi_head`` variant.
+
+        ``precision`` is ``fp32`` (``vsrt export``) or ``fp16`` / ``int8`` (``vsrt calibrate``; engines from ``vsrt
+        build``). The ``maxroipool`` variant exists at FP32 only: at other precisions ``auto`` takes the standard
+        ``roi_head`` graph of that precision and ``maxroipool`` is an error."""
         from vsrt.runtime.backends.factory import create_backend
         from vsrt.runtime.backends.onnxruntime_backend import OrtBackend
 
@@ -211,12 +222,16 @@ class Detector:
         else:
             head = create_backend(model_dir, manifest, "roi_head", backend_name, precision, **dict(opts))
             used = "standard"
+        image_min = manifest.stage("backbone_rpn").inputs[0].min
+        min_hw = (int(image_min[2]), int(image_min[3])) if image_min else (MIN_INPUT_SIDE, MIN_INPUT_SIDE)
         return cls(
             cfg,
             {"backbone_rpn": backbone, "roi_head": head},
             bind=bind,
             device_id=int(opts.get("device_id", 0)),
             roi_pool=used,
+            min_input_hw=min_hw,
+            precision=precision,
         )
 
     def _check_io(self) -> None:
@@ -315,8 +330,9 @@ class Detector:
         img = load_image(image, cfg, name)
         label = name or (str(image) if isinstance(image, (str, Path)) else f"image array {list(img.shape)}")
         blob, scale = preprocess_image(img, cfg)
+        hw = (int(blob.shape[2]), int(blob.shape[3]))  # the real resized size: proposals are clipped to it
+        blob = pad_blob(blob, self.min_input_hw)
         times["preprocess"] += time.perf_counter() - t
-        hw = (int(blob.shape[2]), int(blob.shape[3]))
         run = self._graphs_bound if self._use_binding() else self._graphs_plain
         rois, n_valid, head = run(blob, hw, scale, cfg, times)
         t = time.perf_counter()

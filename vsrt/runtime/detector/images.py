@@ -18,7 +18,11 @@ The original extractor reads images with ``cv2.imread(path)`` (``IMREAD_COLOR``)
   *before* decoding when it exceeds ``cfg.max_image_pixels``; for other formats the decoded size is checked.
 * **tiny images** → an image whose shorter side is below ``cfg.rpn_min_size`` pixels cannot produce a single
   region (the RPN drops every proposal smaller than that, in original-image pixels), so it is refused with a
-  clear error rather than silently yielding no features.
+  clear error rather than silently yielding no features. The same holds for an image so thin that, once resized
+  (longest side ≤ ``test_max_size``), its shorter side is below the RPN's minimum proposal size (``rpn_min_size ·
+  scale`` resized pixels, e.g. aspect ratios beyond ~2000:1 at the default sizes): refused with the ratio named.
+  Thin images above that bound are detected: the preprocessed blob is zero-padded up to the graph's minimum input
+  size (:func:`vsrt.runtime.detector.preprocess.pad_blob`) and boxes stay inside the real image.
 
 Arrays are accepted as ``[H, W, 3]`` BGR, ``[H, W]`` / ``[H, W, 1]`` gray, ``[H, W, 4]`` BGRA, uint8 or uint16
 (same conversions as files); float arrays must already be BGR on the 0–255 scale and are passed through.
@@ -34,6 +38,7 @@ import numpy as np
 
 from vsrt.detector_config import DetectorConfig
 from vsrt.errors import InputError
+from vsrt.runtime.detector.preprocess import resize_scale, resized_hw
 
 ImageInput = str | Path | np.ndarray
 
@@ -186,6 +191,15 @@ def check_detectable(image: np.ndarray, name: str, cfg: DetectorConfig) -> None:
         )
     if h * w > cfg.max_image_pixels:
         _check_pixels(name, h, w, cfg, before_decode=False)
+    scale = resize_scale(h, w, cfg)
+    short = min(resized_hw(h, w, scale)) if min(h, w) * scale >= 0.5 else 0
+    if short < np.float32(cfg.rpn_min_size) * np.float32(scale):
+        raise InputError(
+            f"{name}: image of {w}×{h} pixels (aspect ratio {max(h, w) / min(h, w):.0f}:1) is too thin for the "
+            f"detector: resized so its longest side is at most {cfg.test_max_size} pixels, its shorter side becomes "
+            f"{short} pixel(s), less than the smallest region proposal ({cfg.rpn_min_size:g} original pixels = "
+            f"{cfg.rpn_min_size * scale:.2f} resized pixels), so none can be found"
+        )
 
 
 def load_image(image: ImageInput, cfg: DetectorConfig, name: str | None = None) -> np.ndarray:

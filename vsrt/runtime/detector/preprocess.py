@@ -12,6 +12,18 @@
 4. HWC → NCHW blob ``[1, 3, H', W']`` (one image, no padding).
 
 The returned scale is the Python float ``s`` the original divides proposal boxes by (not ``H'/h``).
+
+**Extreme aspect ratios.** The longest side is bounded by ``test_max_size``, so a thin image becomes a very thin
+blob (20000×100 → 1000×5), below the smallest input the ``backbone_rpn`` graph takes (its TensorRT profile minimum,
+:data:`MIN_INPUT_SIDE` = 64 per side, fixed at export). :func:`pad_blob` then zero-pads the **mean-subtracted** blob
+at the bottom and right up to that minimum — exactly what the Caffe original does when it batches images
+(``blob.py:im_list_to_blob`` copies each image into the top-left corner of a zero blob), so the padding is the
+mean colour and the result is the one Caffe would give for that image batched with a larger one. No stride padding
+is needed: the C4 backbone has no FPN and takes any size ≥ 1 (its res4 is ``feature_size`` of each side). The
+proposal stage is given the real (unpadded) resized size, so every proposal — and every box — is clipped to the
+real image, as Caffe clips to ``im_info``. Images of normal proportions (both resized sides ≥ 64) are not padded
+and their results are unchanged. An image so thin that its resized shorter side could not hold one proposal of
+the minimum size is refused earlier (:func:`vsrt.runtime.detector.images.check_detectable`).
 """
 
 from __future__ import annotations
@@ -21,6 +33,9 @@ import numpy as np
 
 from vsrt.detector_config import DetectorConfig
 from vsrt.errors import InputError
+
+#: smallest height and width the ``backbone_rpn`` graph takes (its TensorRT profile minimum, set at export)
+MIN_INPUT_SIDE = 64
 
 
 def resize_scale(h: int, w: int, cfg: DetectorConfig) -> float:
@@ -55,3 +70,15 @@ def preprocess_image(image: np.ndarray, cfg: DetectorConfig) -> tuple[np.ndarray
         resized = resized[:, :, None]
     blob = np.ascontiguousarray(resized.transpose(2, 0, 1)[None], dtype=np.float32)
     return blob, scale
+
+
+def pad_blob(blob: np.ndarray, min_hw: tuple[int, int] = (MIN_INPUT_SIDE, MIN_INPUT_SIDE)) -> np.ndarray:
+    """Zero-pad a preprocessed blob ``[1, 3, H', W']`` at the bottom/right to at least ``min_hw`` (``im_list_to_blob``
+    style, see the module docstring); returned unchanged (the same array) when it is already large enough."""
+    _, c, h, w = blob.shape
+    ph, pw = max(int(min_hw[0]), h), max(int(min_hw[1]), w)
+    if (ph, pw) == (h, w):
+        return blob
+    out = np.zeros((1, c, ph, pw), np.float32)
+    out[:, :, :h, :w] = blob
+    return out
