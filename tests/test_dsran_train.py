@@ -1,10 +1,9 @@
 """DSRAN training: the loss decreases for both variants, frozen/fine-tuned BERT, a local BERT directory, the
-original checkpoint layouts written by training and read back by conversion, and (where the evaluation metrics are
-available) ``train`` end to end on a tiny precomputed dataset."""
+original checkpoint layouts written by training and read back by conversion, and ``train`` end to end on a tiny
+precomputed dataset."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from _dsran_data import write_tiny_dsran_dataset
 from safetensors.torch import save_file
 from test_dsran_fixtures import TINY_BERT, small_config, write_wordpiece_vocab
 
@@ -22,10 +22,6 @@ from vsrt.export.vsrn import random_captions, random_regions
 from vsrt.models.bert import BertConfig, BertModel
 from vsrt.models.registry import get_family, register_family_module
 from vsrt.training.dsran import DSRANBatch, DSRANTrainable, save_trained
-
-#: vsrt.training.trainer imports the generic batches, which need vsrt.text.tokenize; the trainer's model selection
-#: needs vsrt.eval.metrics
-TRAINER_READY = all(importlib.util.find_spec(m) is not None for m in ("vsrt.text.tokenize", "vsrt.eval.metrics"))
 
 
 @dataclass
@@ -144,31 +140,11 @@ def test_saved_checkpoint_has_the_original_layout_and_converts(tmp_path: Path, v
                                                                         is not None else [])))
 
 
-def _tiny_dataset(d: Path, grid: bool, bert: bool) -> None:
-    rng = np.random.default_rng(0)
-    words = ["dog", "man", "horse", "red", "car", "beach", "ball", "snow"]
-    for split, n in (("train", 24), ("dev", 8)):
-        ims = rng.random((n, 10, 128), dtype=np.float32)
-        caps = []
-        for i in range(n):
-            key = [words[(i + j) % 8] for j in range(3)]
-            ims[i, :3, :8] += np.eye(8, dtype=np.float32)[[(i + j) % 8 for j in range(3)]] * 3
-            caps += [f"a {' '.join(key)} number {k}" for k in range(5)]
-        np.save(d / f"{split}_ims.npy", ims)
-        (d / f"{split}_caps.txt").write_text("\n".join(caps) + "\n")
-        if grid:
-            np.save(d / f"{split}_grid.npy", rng.random((n, 49, 128), dtype=np.float32))
-        if bert:
-            np.save(d / f"{split}_region_pos.npy", rng.standard_normal((n, 10, 1607)).astype(np.float32))
-
-
-@pytest.mark.skipif(not TRAINER_READY, reason="vsrt.text.tokenize / vsrt.eval.metrics (needed by the generic "
-                    "trainer: batches, model selection by rsum) are absent")
 def test_train_bert_end_to_end(tmp_path: Path) -> None:
     from vsrt.training.dsran import train
     from vsrt.training.trainer import TrainConfig
 
-    _tiny_dataset(tmp_path, grid=True, bert=True)
+    write_tiny_dsran_dataset(tmp_path, grid=True, bert=True)
     write_wordpiece_vocab(tmp_path / "vocab.txt", 120)
     cfg = TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3, warmup_epochs=0, extra={"ft_bert": True})
     summary = train("dsran-bert", tmp_path, tmp_path / "out.pth.tar", cfg,
@@ -179,15 +155,13 @@ def test_train_bert_end_to_end(tmp_path: Path) -> None:
     assert "module.txt_enc.bert.embeddings.word_embeddings.weight" in obj["model"]
 
 
-@pytest.mark.skipif(not TRAINER_READY, reason="vsrt.text.tokenize / vsrt.eval.metrics (needed by the generic "
-                    "trainer and the original word tokenisation) are absent")
 def test_train_gru_end_to_end_without_pixels(tmp_path: Path, vocab_words: list[str]) -> None:
     from conftest import write_original_vocab
 
     from vsrt.training.dsran import train
     from vsrt.training.trainer import TrainConfig
 
-    _tiny_dataset(tmp_path, grid=False, bert=False)
+    write_tiny_dsran_dataset(tmp_path, grid=False, bert=False)
     write_original_vocab(tmp_path / "vocab.pkl", vocab_words + ["number", "man", "horse", "ball", "snow"])
     cfg = TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3, warmup_epochs=0)
     summary = train("dsran-gru", tmp_path, tmp_path / "out.pth.tar", cfg,

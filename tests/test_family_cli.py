@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _dsran_data import write_tiny_dsran_dataset
 from safetensors.torch import save_file
 from test_dsran_fixtures import TINY_BERT, write_wordpiece_vocab
-from test_dsran_train import _tiny_dataset
 
 from vsrt.cli import main
 from vsrt.models.bert import BertConfig, BertModel
@@ -32,7 +32,7 @@ def test_dsran_bert_train_convert_export_eval(tmp_path: Path) -> None:
 
     data = tmp_path / "data"
     data.mkdir()
-    _tiny_dataset(data, grid=True, bert=True)
+    write_tiny_dsran_dataset(data, grid=True, bert=True)
     for split in ("test",):  # eval split = the dev data
         for suffix in ("ims", "grid", "region_pos"):
             (data / f"{split}_{suffix}.npy").write_bytes((data / f"dev_{suffix}.npy").read_bytes())

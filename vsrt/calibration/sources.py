@@ -744,7 +744,7 @@ class DSRANRegionSource(CalibrationSource):
         return out
 
 
-class DSRANImageSource(CalibrationSource):
+class DSRANImageSource(ImageFolderSource):
     """DSRAN stages fed from a folder of images through the runtime (:mod:`vsrt.runtime.dsran`), recording what
     the stage receives: ``grid`` gets the ResNet pixels of :func:`~vsrt.runtime.dsran.encode_grid` (DSRAN's test
     transform); ``visual`` gets the grid tokens and the detector's regions of
@@ -765,17 +765,7 @@ class DSRANImageSource(CalibrationSource):
             raise InputError(f"DSRAN images feed the 'grid' and 'visual' stages, not '{stage}'")
         if batch_size <= 0:
             raise InputError(f"batch size must be positive, got {batch_size}")
-        self.folder = Path(folder)
-        if not self.folder.is_dir():
-            raise InputError(f"image folder not found: {self.folder}")
-        self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        self.indices = sample_indices(len(self.files), count, seed, f"images in {self.folder}")
-        self.model_dir, self.stage, self.batch_size, self.seed = Path(model_dir), stage, batch_size, seed
-        self._cache: list[Feeds] | None = None
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.indices)
+        super().__init__(folder, model_dir, stage, count, seed, batch_size)
 
     def _batches(self) -> Iterator[Feeds]:
         if self._cache is None:
