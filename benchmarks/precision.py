@@ -109,11 +109,12 @@ def recall(workdir: Path, threads: int, embed_size: int, epochs: int, train_imag
     data = workdir / f"data_{train_images}x{feat_dim}_test{test_images}"
     if not (data / "test_ims.npy").is_file():
         generate(data, SynthConfig(seed=0, train=train_images, dev=100, test=test_images, dim=feat_dim))
-    ckpt = workdir / f"vsrn_{data.name}_d{embed_size}_e{epochs}_lr{learning_rate:g}.pth.tar"
+    ckpt = workdir / f"vsrn_{data.name}_d{embed_size}_e{epochs}_lr{learning_rate:g}_hard0.3.pth.tar"
     if not ckpt.is_file():
         print(f"  training VSRN D={embed_size} for {epochs} epochs on {train_images} synthetic images…")
         train("vsrn", data, ckpt, TrainConfig(epochs=epochs, batch_size=100, learning_rate=learning_rate, seed=0,
-                                              threads=threads, lr_update=max(epochs - 1, 1)),
+                                              threads=threads, lr_update=max(epochs - 1, 1),
+                                              hard_negative_lr_scale=0.3),
               {"embed_size": embed_size, "word_dim": 64, "variant": "coco"},
               on_epoch=lambda r: print(f"    epoch {r.get('epoch')}: dev rsum {r.get('rsum')}"))
     t_train = time.perf_counter() - t0

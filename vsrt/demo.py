@@ -27,6 +27,9 @@ class DemoConfig:
     #: 10× VSRN's 2e-4: from scratch on 1000 images, 2e-4 stays near chance for many epochs (dev rsum 42 after 4
     #: epochs at 600 images, vs 139 at 2e-3)
     learning_rate: float = 2e-3
+    #: the learning rate ×0.3 once hardest negatives start: at 2e-3 the switch can collapse the embedding (the
+    #: precision benchmark's model: dev rsum 239 → 40; with ×0.3: 420)
+    hard_negative_lr_scale: float = 0.3
     query: str | None = None
 
 
@@ -82,10 +85,11 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
     t = time.perf_counter()
     ckpt = work / (f"{cfg.family}_checkpoint.pth.tar" if fam.output_is_checkpoint else f"{cfg.family}_model")
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, lr_update=max(cfg.epochs - 1, 1),
-                       learning_rate=cfg.learning_rate)
+                       learning_rate=cfg.learning_rate, hard_negative_lr_scale=cfg.hard_negative_lr_scale)
     opts = {"embed_size": cfg.embed_size, "word_dim": 300, "variant": "coco"}
     wanted = {"train": {"epochs": tcfg.epochs, "batch_size": tcfg.batch_size, "seed": tcfg.seed,
-                        "learning_rate": tcfg.learning_rate},
+                        "learning_rate": tcfg.learning_rate,
+                        "hard_negative_lr_scale": tcfg.hard_negative_lr_scale},
               "model": {"embed_size": cfg.embed_size}, "data": str(data)}
     if _train_is_cached(ckpt, wanted):
         console.print(f"[dim]2/6 training: cached {ckpt}[/]")

@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-update", type=int, default=8, help="decay lr ×0.1 every N epochs")
     p.add_argument("--margin", type=float, default=0.2)
     p.add_argument("--warmup-epochs", type=int, default=1, help="epochs before hardest negatives (default 1)")
+    p.add_argument("--hard-lr-scale", type=float, default=1.0,
+                   help="learning-rate factor once hardest negatives start (default 1.0; 0.3 keeps high-lr runs from "
+                        "collapsing at the switch)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--loss", action="append", default=[], metavar="KEY=VALUE",
@@ -100,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
                              f"(known: {', '.join(known) or 'none'})")
     cfg = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, lr_update=args.lr_update,
-        margin=args.margin, warmup_epochs=args.warmup_epochs, seed=args.seed, threads=args.threads, extra=extra,
+        margin=args.margin, warmup_epochs=args.warmup_epochs, hard_negative_lr_scale=args.hard_lr_scale,
+        seed=args.seed, threads=args.threads, extra=extra,
     )
     opts = {"embed_size": args.embed_size, "word_dim": args.word_dim, "variant": args.variant}
     if dsran:

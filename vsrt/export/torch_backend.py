@@ -30,7 +30,7 @@ class TorchBackend:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_feeds(self.se.name, self.se.inputs, feeds)
-        args = tuple(torch.from_numpy(np.ascontiguousarray(feeds[s.name], dtype=s.dtype)) for s in self.se.inputs)
+        args = tuple(torch.from_numpy(np.array(feeds[s.name], dtype=s.dtype, order="C")) for s in self.se.inputs)
         with torch.no_grad():
             own = self.se.module(*args)
             ref = self.se.reference(*args) if self.se.reference else own
