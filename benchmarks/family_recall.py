@@ -77,7 +77,7 @@ def run_family(family: str, data: Path, workdir: Path, args: argparse.Namespace)
     fam = get_family(family)
     extra = {k.split(":", 1)[1]: v for k, v in _parse_kv(args.loss).items() if k.startswith(f"{family}:")}
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, lr_update=args.lr_update,
-                      seed=args.seed, threads=args.threads, extra=extra)
+                      hard_negative_lr_scale=args.hard_lr_scale, seed=args.seed, threads=args.threads, extra=extra)
     out = workdir / (f"{family}.pth.tar" if fam.output_is_checkpoint else f"{family}-model")
     model_dir = workdir / f"{family}-model"
     model_opts = {"embed_size": args.embed_size, "word_dim": args.word_dim}
@@ -161,6 +161,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--lr-update", type=int, default=6)
+    ap.add_argument("--hard-lr-scale", type=float, default=1.0,
+                    help="learning-rate factor once hardest negatives start (vsrt train --hard-lr-scale)")
     ap.add_argument("--embed-size", type=int, default=256)
     ap.add_argument("--word-dim", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
@@ -183,8 +185,8 @@ def main() -> None:
     res: dict[str, Any] = {
         "data": str(data),
         "synth_overrides": _parse_kv(args.synth) if not args.data else None,
-        "settings": {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "lr_update", "embed_size",
-                                                   "word_dim", "seed", "threads", "loss")},
+        "settings": {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "lr_update", "hard_lr_scale",
+                                                   "embed_size", "word_dim", "seed", "threads", "loss")},
         "families": {},
         "machine": machine(),
     }
