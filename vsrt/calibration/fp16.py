@@ -25,6 +25,8 @@ import onnx
 from vsrt.errors import InputError
 from vsrt.io import atomic_path
 
+#: the reason recorded for a node kept in FP32 by name (the accuracy guard's sensitivity pass, or the user)
+FP16_GUARD_REASON = "measured sensitive (accuracy guard)"
 #: op types kept in float32 in every FP16 graph
 SENSITIVE_OP_TYPES = frozenset(
     {
@@ -87,7 +89,7 @@ def convert_fp16(
     if isinstance(keep_fp32_nodes, Mapping):
         extra = dict(keep_fp32_nodes)
     else:
-        extra = dict.fromkeys(keep_fp32_nodes, "measured sensitive (accuracy guard)")
+        extra = dict.fromkeys(keep_fp32_nodes, FP16_GUARD_REASON)
     unknown = [n for n in extra if n not in names]
     if unknown:
         raise InputError(f"cannot keep unknown nodes in FP32: {', '.join(unknown[:5])}")

@@ -165,15 +165,11 @@ class AccuracyGuard:
     def _embed_dsran(self, model: Any) -> dict[str, np.ndarray]:
         """DSRAN through :mod:`vsrt.runtime.dsran`, with the substitutes of its precomputed-data evaluation (grid
         tokens derived from the regions, zero region encodings) where the split has no file."""
-        from vsrt.runtime.dsran import encode_dsran_regions, encode_dsran_texts, grid_from_regions
+        from vsrt.runtime.dsran import encode_dsran_regions, encode_dsran_texts, precomputed_visual_inputs
 
         regions = np.asarray(self.data.images, np.float32)
         specs = {s.name: s.shape for s in model.manifest.stage("visual").inputs}
-        grid = self.data.grid if self.data.grid is not None else grid_from_regions(regions, int(specs["grid"][1]))
-        pos = None
-        if "region_pos" in specs:
-            pos = self.data.region_pos if self.data.region_pos is not None else np.zeros(
-                (len(regions), int(specs["region_pos"][1]), int(specs["region_pos"][2])), np.float32)
+        grid, pos = precomputed_visual_inputs(specs, regions, self.data.grid, self.data.region_pos)
         img = encode_dsran_regions(model, grid, regions, pos, batch_size=32)
         txt = encode_dsran_texts(model, self.data.captions, batch_size=128)
         return {"visual": img, "text": txt}

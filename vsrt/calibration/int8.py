@@ -37,6 +37,8 @@ from vsrt.calibration.sources import CalibrationSource
 from vsrt.errors import InputError
 from vsrt.io import atomic_path, atomic_write_text
 
+#: the reason recorded for a node kept in float by name (the accuracy guard's sensitivity pass, or the user)
+INT8_GUARD_REASON = "kept in float (accuracy guard)"
 #: op types quantized by default
 QUANTIZE_OP_TYPES = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 #: op types never quantized
@@ -232,7 +234,7 @@ def quantize_int8(
     op_types = list(op_types)
     excluded = default_exclusions(model, op_types)
     reasons = dict(exclude_nodes) if isinstance(exclude_nodes, Mapping) else dict.fromkeys(
-        exclude_nodes, "kept in float (accuracy guard)")
+        exclude_nodes, INT8_GUARD_REASON)
     for n, reason in reasons.items():
         if n not in names:
             raise InputError(f"cannot exclude unknown node '{n}' from quantization")

@@ -27,7 +27,7 @@ from vsrt.calibration.compare import compare_graphs
 from vsrt.calibration.detector import DETECTOR_STAGES
 from vsrt.calibration.detector import fp16_keep_nodes as detector_fp16_keep
 from vsrt.calibration.detector import int8_exclude_nodes as detector_int8_exclude
-from vsrt.calibration.fp16 import convert_fp16
+from vsrt.calibration.fp16 import FP16_GUARD_REASON, convert_fp16
 from vsrt.calibration.guard import (
     EMBED_STAGES,
     AccuracyGuard,
@@ -37,7 +37,13 @@ from vsrt.calibration.guard import (
     load_eval_set,
     sensitivity_pass,
 )
-from vsrt.calibration.int8 import CalibrationStats, collect_stats, quantizable_nodes, quantize_int8
+from vsrt.calibration.int8 import (
+    INT8_GUARD_REASON,
+    CalibrationStats,
+    collect_stats,
+    quantizable_nodes,
+    quantize_int8,
+)
 from vsrt.calibration.sources import (
     CalibrationSource,
     CaptionSource,
@@ -93,7 +99,7 @@ class Calibrator:
     """Carries one ``vsrt calibrate`` run over a model directory (see the module docstring)."""
 
     def __init__(self, model_dir: str | Path, options: CalibrateOptions, log: Callable[[str], None] | None = None):
-        from vsrt.modeldir import open_manifest
+        from vsrt.modeldir import open_manifest, read_model_info
 
         self.model_dir = Path(model_dir)
         self.opt = options
@@ -111,6 +117,9 @@ class Calibrator:
             if p not in ("fp16", "int8"):
                 raise InputError(f"calibrate makes fp16 and int8 graphs, not '{p}'")
         self._sources: dict[tuple[str, str], CalibrationSource | None] = {}
+        #: why a stage has no data, ``{stage: message}`` (set while looking for its source)
+        self._no_data: dict[str, str] = {}
+        self.family = read_model_info(self.model_dir).family
         self.eval_set: EvalSet | None = None
 
     # ------------------------------------------------------------------ data
@@ -151,22 +160,6 @@ class Calibrator:
         self._sources[key] = src
         return src
 
-    @property
-    def family(self) -> str:
-        """The model family (``config.json``)."""
-        if not hasattr(self, "_family"):
-            from vsrt.modeldir import read_model_info
-
-            self._family = read_model_info(self.model_dir).family
-        return self._family
-
-    @property
-    def _no_data(self) -> dict[str, str]:
-        """Why a stage has no data: ``{stage: message}`` (set while looking for its source)."""
-        if not hasattr(self, "_no_data_reasons"):
-            self._no_data_reasons: dict[str, str] = {}
-        return self._no_data_reasons
-
     def _split_source(self, stage: str, purpose: str, count: int, seed: int) -> CalibrationSource | None:
         """``--data DIR``'s split for ``stage``, or None (reason kept) when a split cannot feed the stage."""
         o = self.opt
@@ -206,7 +199,7 @@ class Calibrator:
     def make_fp16(self, stage: str, keep: list[str] | None = None, register: bool = True) -> dict[str, Any]:
         keep = list(keep if keep is not None else self.opt.keep_fp32_nodes.get(stage, []))
         info = convert_fp16(self.fp32_path(stage), self.model_dir / _rel(stage, "fp16"),
-                            keep_fp32_nodes=self._fp16_keep(stage, keep))
+                            keep_fp32_nodes=self._with_stage_rules(stage, keep, "fp16"))
         if register:
             parity = compare_graphs(self.fp32_path(stage), self.model_dir / _rel(stage, "fp16"),
                                     self.parity_batches(stage), threads=self.opt.threads)
@@ -215,24 +208,17 @@ class Calibrator:
                                    converter=info["converter"])
         return info
 
-    def _fp16_keep(self, stage: str, keep: list[str]) -> dict[str, str]:
-        """``keep`` (measured or named nodes) plus the stage's own float32 rules (the detector's RoI coordinates)."""
+    def _with_stage_rules(self, stage: str, nodes: list[str], precision: str) -> dict[str, str]:
+        """``nodes`` (measured or named; kept at higher precision) plus the stage's own rules for ``precision``
+        (the detector's RoI coordinates in FP32, its box predictor in float at INT8), as ``{node: reason}``."""
         out: dict[str, str] = {}
         if stage in DETECTOR_STAGES:
             import onnx
 
-            out.update(detector_fp16_keep(stage, onnx.load(str(self.fp32_path(stage)), load_external_data=False)))
-        out.update(dict.fromkeys((n for n in keep if n not in out), "measured sensitive (accuracy guard)"))
-        return out
-
-    def _int8_exclude(self, stage: str, exclude: list[str]) -> dict[str, str]:
-        """``exclude`` (measured or named nodes) plus the stage's own float rules (the detector's box predictor)."""
-        out: dict[str, str] = {}
-        if stage in DETECTOR_STAGES:
-            import onnx
-
-            out.update(detector_int8_exclude(stage, onnx.load(str(self.fp32_path(stage)), load_external_data=False)))
-        out.update(dict.fromkeys((n for n in exclude if n not in out), "kept in float (accuracy guard)"))
+            rules = detector_fp16_keep if precision == "fp16" else detector_int8_exclude
+            out.update(rules(stage, onnx.load(str(self.fp32_path(stage)), load_external_data=False)))
+        reason = FP16_GUARD_REASON if precision == "fp16" else INT8_GUARD_REASON
+        out.update(dict.fromkeys((n for n in nodes if n not in out), reason))
         return out
 
     def stats(self, stage: str) -> CalibrationStats:
@@ -254,7 +240,7 @@ class Calibrator:
         exclude = list(exclude if exclude is not None else self.opt.exclude_int8_nodes.get(stage, []))
         stats = self.stats(stage)
         info = quantize_int8(self.fp32_path(stage), self.model_dir / _rel(stage, "int8"), stats,
-                             self._int8_exclude(stage, exclude))
+                             self._with_stage_rules(stage, exclude, "int8"))
         if register:
             parity = compare_graphs(self.fp32_path(stage), self.model_dir / _rel(stage, "int8"),
                                     self.parity_batches(stage), threads=self.opt.threads)

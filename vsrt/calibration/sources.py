@@ -718,19 +718,20 @@ class DSRANRegionSource(CalibrationSource):
         return len(self.indices)
 
     def _batches(self) -> Iterator[Feeds]:
-        from vsrt.runtime.dsran import grid_from_regions
+        from vsrt.runtime.dsran import precomputed_visual_inputs
 
-        tokens = int(self.specs["grid"].shape[1])
+        shapes = {name: spec.shape for name, spec in self.specs.items()}
         for s in range(0, len(self.indices), self.batch_size):
             idx = self.indices[s : s + self.batch_size]
             regions = np.ascontiguousarray(self.regions[idx], dtype=np.float32)
             if not np.isfinite(regions).all():
                 raise InputError(f"region features in {self.path} contain NaN or Inf")
-            grid = grid_from_regions(regions, tokens) if self.grid is None else self.grid[idx]
+            grid, pos = precomputed_visual_inputs(
+                shapes, regions, None if self.grid is None else self.grid[idx],
+                None if self.region_pos is None else self.region_pos[idx],
+            )
             feeds = {"grid": np.ascontiguousarray(grid, dtype=np.float32), "regions": regions}
-            if "region_pos" in self.specs:
-                shape = [len(idx), *(int(d) for d in self.specs["region_pos"].shape[1:])]
-                pos = np.zeros(shape, np.float32) if self.region_pos is None else self.region_pos[idx]
+            if pos is not None:
                 feeds["region_pos"] = np.ascontiguousarray(pos, dtype=np.float32)
             yield feeds
 

@@ -83,6 +83,21 @@ def _visual_spec(model: RetrievalModel) -> dict[str, list]:
     return {s.name: s.shape for s in model.manifest.stage("visual").inputs}
 
 
+def precomputed_visual_inputs(
+    specs: dict[str, list], regions: np.ndarray, grid: np.ndarray | None = None, region_pos: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(grid, region_pos)`` for the ``visual`` stage (input ``specs``: name → shape) on precomputed ``regions``,
+    with the documented substitutes (module docstring): ``grid`` None → :func:`grid_from_regions`; ``region_pos``
+    None → zeros for DSRAN-BERT; ``region_pos`` is None for the GRU variant, which has no such input."""
+    if grid is None:
+        grid = grid_from_regions(regions, int(specs["grid"][1]))
+    if "region_pos" not in specs:
+        return grid, None
+    if region_pos is None:
+        region_pos = np.zeros((len(regions), int(specs["region_pos"][1]), int(specs["region_pos"][2])), np.float32)
+    return grid, region_pos
+
+
 def _check_array(name: str, a: np.ndarray, shape: list, n: int | None) -> np.ndarray:
     a = np.asarray(a)
     want = [int(d) for d in shape[1:]]
@@ -244,11 +259,7 @@ def dsran_similarity_matrix(
     """``[N_img, N_cap]`` cosine similarities of a DSRAN model on precomputed inputs. ``grid`` None → derived from
     the regions (synthetic-data convention); ``region_pos`` None for BERT → zeros (see the module docstring)."""
     regions = np.asarray(regions)
-    if grid is None:
-        grid = grid_from_regions(regions, int(_visual_spec(model)["grid"][1]))
-    specs = _visual_spec(model)
-    if "region_pos" in specs and region_pos is None:
-        region_pos = np.zeros((len(regions), int(specs["region_pos"][1]), int(specs["region_pos"][2])), np.float32)
+    grid, region_pos = precomputed_visual_inputs(_visual_spec(model), regions, grid, region_pos)
     img = []
     for i in range(0, len(regions), batch_size):
         pos = None if region_pos is None else region_pos[i : i + batch_size]
