@@ -1,23 +1,31 @@
 """Gallery search speed against the machine's memory bandwidth: vsrt exact search vs plain numpy vs faiss.
 
 For galleries of N × D unit vectors (default 100K and 1M × 2048) stored as FP32, FP16 and INT8 (vsrt's gallery
-format, memory-mapped), top-10 for query batches of 1, 8 and 32:
+format, memory-mapped), top-10 for query batches of 1, 4, 8 and 32:
 
-* ``vsrt`` — :func:`vsrt.runtime.search.exact_search` (blocked ONNX Runtime kernel, bounded memory);
+* ``vsrt`` — :func:`vsrt.runtime.search.exact_search` with its default kernel (the fused native scan where it was
+  built: decode, FMA and top-k in one pass; bounded memory);
+* ``vsrt-ort`` — the same search with the ONNX Runtime block kernel (``Cast`` → ``MatMul`` → ``TopK``), the fallback
+  where the native kernel is not built;
 * ``numpy`` — plain numpy: the stored array converted to float32 (in 64K-row slices, so the 1M gallery fits in
   memory), ``scores = G @ Q.T``, ``argsort`` over the whole gallery;
 * ``faiss-flat`` — faiss ``IndexFlatIP`` on a float32 copy of the stored values (what faiss users do);
 * ``faiss-sq`` — faiss's own compressed storage: ``IndexScalarQuantizer`` fp16 (exact on FP16 values) / 8-bit.
 
-The limit: one pass over the stored bytes at the **measured** read bandwidth (a large array summed as uint64,
-one and two threads, measured in this run before and after the searches; the best is used), and for batches the
-compute roofline (``2·N·D·batch`` flops at the measured float32 GEMM peak of ONNX Runtime's MLAS). Recall of each
+The limit: one pass over the stored bytes at the **measured** read bandwidth (a large array read by numpy's sum and
+by the native module's ``stream_sum`` probe, one and two threads, measured in this run before and after the
+searches; the best is used), and for batches the
+compute roofline (``2·N·D·batch`` flops at the measured float32 GEMM peak of ONNX Runtime's MLAS). Two sets of
+ratios: against the best bandwidth and GEMM rate seen in the whole run (``ratio_to_bandwidth_limit``,
+``ratio_to_roofline``: conservative), and against both limits sampled right before each timed run
+(``ratio_to_adjacent_*``, medians over the runs: this shared machine's speed drifts by tens of percent within a
+run, and these compare each run with the machine as it was at that moment). Recall of each
 storage against exact FP32 search is reported for the same queries (noisy copies of gallery items).
 
     python benchmarks/search.py                                # 100K and 1M × 2048 (about 15 GB of galleries)
     python benchmarks/search.py --sizes 100000 --name search_100k
 
-Above ``--large`` items the script times fewer points (vsrt at batches 1 and 32; numpy once at batch 32, faiss once
+Above ``--large`` items the script times fewer points (numpy once at batch 32, faiss once
 at batch 1: ``--large-slow-batches``) so that the whole run stays within about ten minutes on a 2-core machine.
 Writes benchmarks/results/search.json and search.png. The generated galleries (in --workdir) are deleted after
 each size unless --keep is given.
@@ -42,7 +50,7 @@ from _common import RESULTS, machine, write_results  # noqa: E402
 
 from vsrt.runtime.doctor import system_metadata  # noqa: E402
 from vsrt.runtime.gallery import Gallery, GalleryError  # noqa: E402
-from vsrt.runtime.search import default_threads, exact_search  # noqa: E402
+from vsrt.runtime.search import default_threads, exact_search, native_kernel_info  # noqa: E402
 
 K = 10
 SEED = 0
@@ -70,21 +78,30 @@ def _best(fn, repeats: int) -> dict[str, Any]:
 
 
 def read_bandwidth(gib: float = 1.0) -> dict[str, float]:
-    """Read bandwidth (GB/s) of summing a ``gib`` GiB array as uint64, 1 and 2 threads (best of 5)."""
+    """Read bandwidth (GB/s) of a ``gib`` GiB array, 1 and 2 threads, best of 5: numpy's uint64 sum, and where the
+    native kernel is built its ``stream_sum`` probe (four streams a page apart with software prefetch, the way the
+    scan reads; it reaches more than numpy's sum, so the limit stays a real upper bound)."""
     a = np.ones(int(gib * 2**30) // 8, np.uint64)
+    h = len(a) // 2
+    readers = {"numpy_sum": lambda x: x.sum()}
+    try:
+        from vsrt.runtime import _scan
 
-    def one() -> None:
-        a.sum()
-
-    def two() -> None:
-        h = len(a) // 2
-        with ThreadPoolExecutor(2) as p:
-            list(p.map(lambda s: a[s].sum(), [slice(0, h), slice(h, None)]))
-
+        readers["stream_sum"] = _scan.stream_sum
+    except ImportError:
+        pass
     out = {}
-    for name, fn in (("1_thread", one), ("2_threads", two)):
-        fn()
-        out[name] = a.nbytes / (_best(fn, 5)["min_ms"] / 1e3) / 1e9
+    with ThreadPoolExecutor(2) as pool:
+        for name, read in readers.items():
+            def one(read=read) -> None:
+                read(a)
+
+            def two(read=read) -> None:
+                list(pool.map(read, [a[:h], a[h:]]))
+
+            for threads, fn in (("1_thread", one), ("2_threads", two)):
+                fn()
+                out[f"{name}_{threads}"] = a.nbytes / (_best(fn, 5)["min_ms"] / 1e3) / 1e9
     return out
 
 
@@ -104,6 +121,76 @@ def gemm_peak() -> float:
     b = np.random.default_rng(1).standard_normal((2048, 32)).astype(np.float32)
     t = _best(lambda: [s.run(None, {"a": a, "b": b}) for _ in range(20)], 5)["min_ms"] / 20
     return 2 * 2048 * 2048 * 32 / (t / 1e3) / 1e9
+
+
+class Probes:
+    """The two limits sampled right next to each timed run (the machine is shared and its speed drifts, so each run
+    is compared with the bandwidth and GEMM rate measured moments before it): the best 2-thread read of a 1 GiB array
+    (larger than the L3 cache) and ONNX Runtime's in-cache float32 GEMM."""
+
+    def __init__(self) -> None:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        self.a = np.ones(2**30 // 8, np.uint64)
+        try:
+            from vsrt.runtime import _scan
+
+            self.read = _scan.stream_sum
+        except ImportError:
+            self.read = lambda x: x.sum()
+        self.pool = ThreadPoolExecutor(2)
+        g = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "g",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2048, 2048]),
+                               helper.make_tensor_value_info("b", TensorProto.FLOAT, [2048, 32])],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [2048, 32])])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        so = ort.SessionOptions()
+        # no spin-waiting pool threads after a probe: they would steal the next timed run's cores (measured: +30 %)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        self.feeds = {"a": np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32),
+                      "b": np.random.default_rng(1).standard_normal((2048, 32)).astype(np.float32)}
+
+    def sample(self) -> tuple[float, float]:
+        """``(read GB/s, GEMM GFLOP/s)`` now (best of 2 reads, best of 8 GEMMs)."""
+        h = len(self.a) // 2
+        best = np.inf
+        for _ in range(2):
+            t = time.perf_counter()
+            list(self.pool.map(self.read, [self.a[:h], self.a[h:]]))
+            best = min(best, time.perf_counter() - t)
+        bw = self.a.nbytes / best / 1e9
+        self.sess.run(None, self.feeds)
+        g = np.inf
+        for _ in range(8):
+            t = time.perf_counter()
+            self.sess.run(None, self.feeds)
+            g = min(g, time.perf_counter() - t)
+        return bw, 2 * 2048 * 2048 * 32 / g / 1e9
+
+
+def timed_against_limits(fn, repeats: int, probes: Probes, nbytes: int, flops: float) -> dict[str, Any]:
+    """:func:`_best` with the limits sampled before every run: per run, time / (bytes at the bandwidth just measured)
+    and time / max(that, flops at the GEMM rate just measured); the medians are the side-by-side ratios."""
+    times, to_bw, to_roof, bws, gemms = [], [], [], [], []
+    out = None
+    for _ in range(repeats):
+        bw, gemm = probes.sample()
+        t = time.perf_counter()
+        out = fn()
+        dt = (time.perf_counter() - t) * 1e3
+        lim_bw, lim_c = nbytes / (bw * 1e9) * 1e3, flops / (gemm * 1e9) * 1e3
+        times.append(dt)
+        to_bw.append(dt / lim_bw)
+        to_roof.append(dt / max(lim_bw, lim_c))
+        bws.append(bw)
+        gemms.append(gemm)
+    return {"min_ms": float(np.min(times)), "median_ms": float(np.median(times)), "repeats": repeats, "result": out,
+            "times_ms": times, "adjacent_read_gbps": bws, "adjacent_gemm_gflops": gemms,
+            "ratio_to_adjacent_bandwidth_limit": float(np.median(to_bw)),
+            "ratio_to_adjacent_roofline": float(np.median(to_roof))}
 
 
 def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -228,7 +315,7 @@ def faiss_index(blocks: list, d: int, kind: str, storage: str) -> Any:
 
 
 def bench_size(n: int, d: int, storages: list[str], batches: list[int], engines: list[str], workdir: Path,
-               repeats: int, slow_repeats: int, bw: float, peak: float,
+               repeats: int, slow_repeats: int, bw: float, peak: float, probes: Probes,
                engine_batches: dict[str, list[int]] | None = None) -> list[dict[str, Any]]:
     """Every engine × storage × batch on an ``n`` × ``d`` gallery (``engine_batches`` narrows an engine's batches).
     ``faiss-flat`` runs once per size, on the most precise storage (it searches a float32 copy, so its speed does
@@ -264,12 +351,12 @@ def bench_size(n: int, d: int, storages: list[str], batches: list[int], engines:
                           "bandwidth_limit_ms": limit_bw, "compute_limit_ms": limit_compute,
                           "roofline_ms": max(limit_bw, limit_compute)}
                 print(f"  {n} {storage} batch {m}: {engine}", flush=True)
-                if engine == "vsrt":
-                    t = _best(lambda q=q, b=blocks: exact_search(b, q, K), repeats)
-                elif engine == "numpy":
-                    t = _best(lambda q=q, b=blocks: numpy_search(b, q, K), slow_repeats)
-                else:
-                    t = _best(lambda q=q, index=index: index.search(q, K), slow_repeats)
+                work = {"vsrt": lambda q=q, b=blocks: exact_search(b, q, K),
+                        "vsrt-ort": lambda q=q, b=blocks: exact_search(b, q, K, kernel="ort"),
+                        "numpy": lambda q=q, b=blocks: numpy_search(b, q, K)}.get(
+                            engine, lambda q=q, index=index: index.search(q, K))
+                t = timed_against_limits(work, repeats if engine.startswith("vsrt") else slow_repeats, probes,
+                                         nbytes, 2 * n * d * m)
                 got = t.pop("result")[1]
                 recall_fp32 = float(np.mean([len(np.intersect1d(a, b)) / K for a, b in zip(got, ref_all[:m])]))
                 rows.append({**common, "engine": engine, **t, "per_query_ms": t["median_ms"] / m,
@@ -321,7 +408,7 @@ def plot(rows: list[dict[str, Any]], path: Path, bw: float) -> None:
 
 
 def _series(rows: list[dict[str, Any]], n: int) -> list[tuple[tuple[str, str], str]]:
-    colors = {"vsrt": "C0", "numpy": "C1", "faiss-flat": "C2", "faiss-sq": "C3"}
+    colors = {"vsrt": "C0", "numpy": "C1", "faiss-flat": "C2", "faiss-sq": "C3", "vsrt-ort": "C5"}
     marks = {"fp32": "o-", "fp16": "s-", "int8": "^-"}
     keys = sorted({(r["storage"], r["engine"]) for r in rows if r["n"] == n})
     return [((s, e), f"{colors.get(e, 'C4')}{marks.get(s, 'x-')}") for s, e in keys]
@@ -345,6 +432,7 @@ def _write(name: str, rows: list[dict[str, Any]], load_before: tuple[float, floa
         "k": K,
         "machine": {**machine(), **system_metadata()},
         "threads": default_threads(),
+        "native_kernel": native_kernel_info(),
         "load_average": {"before": load_before, "after": os.getloadavg(),
                          "note": "1/5/15-minute load averages of this (shared) machine; above the core count, "
                                  "other processes were competing for the CPU and memory bandwidth"},
@@ -361,16 +449,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="100000,1000000", help="gallery sizes, comma-separated")
     ap.add_argument("--dim", type=int, default=2048)
-    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--batches", default="1,4,8,32")
     ap.add_argument("--storages", default="fp32,fp16,int8", help="storages for sizes up to --large")
     ap.add_argument("--storages-large", default="fp32,fp16,int8", help="storages for sizes above --large")
     ap.add_argument("--keep", action="store_true", help="keep the generated galleries in --workdir for re-runs")
     ap.add_argument("--large", type=int, default=200_000)
-    ap.add_argument("--engines", default="vsrt,numpy,faiss-flat,faiss-sq")
-    ap.add_argument("--batches-large", default="1,32", help="query batches for sizes above --large")
+    ap.add_argument("--engines", default="vsrt,vsrt-ort,numpy,faiss-flat,faiss-sq")
+    ap.add_argument("--batches-large", default="1,4,8,32", help="query batches for sizes above --large")
     ap.add_argument("--repeats", type=int, default=5, help="timed runs of vsrt search per point")
     ap.add_argument("--slow-repeats", type=int, default=2, help="timed runs of numpy / faiss per point")
-    ap.add_argument("--large-repeats", type=int, default=3, help="timed runs of vsrt above --large (numpy, faiss: 1)")
+    ap.add_argument("--large-repeats", type=int, default=5, help="timed runs of vsrt above --large (numpy, faiss: 1)")
     ap.add_argument("--large-slow-batches", default="numpy=32,faiss-flat=1,faiss-sq=1",
                     help="above --large, the batches of the slow engines (ENGINE=B[/B…], comma-separated)")
     ap.add_argument("--workdir", default=os.environ.get("VSRT_BENCH_DIR", "/tmp/vsrt-bench-search"))
@@ -390,6 +478,7 @@ def main() -> int:
     load_before = os.getloadavg()
     bw_before = read_bandwidth()
     peak = gemm_peak()
+    probes = Probes()
     rows: list[dict[str, Any]] = []
     for n in sizes:
         storages = (args.storages if n <= args.large else args.storages_large).split(",")
@@ -403,7 +492,7 @@ def main() -> int:
                 eng, _, vals = item.partition("=")
                 eb[eng] = [int(v) for v in vals.split("/")]
         rows += bench_size(n, args.dim, storages, bs, engines, workdir, args.large_repeats if large else args.repeats,
-                           1 if large else args.slow_repeats, bw, peak, eb)
+                           1 if large else args.slow_repeats, bw, peak, probes, eb)
         _write(args.name, rows, load_before, bw_before, None, peak)  # partial results survive an interruption
         if not args.keep:
             import shutil
@@ -415,13 +504,14 @@ def main() -> int:
     out = RESULTS / f"{args.name}.json"
     print(f"read bandwidth {bw:.1f} GB/s, GEMM peak {peak:.0f} GFLOP/s; results: {out}")
     print(f"{'n':>8} {'storage':>7} {'batch':>5} {'engine':>10} {'median ms':>10} {'per query':>10} "
-          f"{'x BW limit':>10} {'x roofline':>10} {'vs numpy':>8} {'recall':>7}")
+          f"{'x BW limit':>10} {'x roofline':>10} {'x BW adj':>9} {'x roof adj':>10} {'vs numpy':>8} {'recall':>7}")
     for r in rows:
         if "median_ms" not in r:
             print(f"{r['n']:>8} {r['storage']:>7} {r['batch']:>5} {r['engine']:>10}  skipped: {r['skipped']}")
             continue
         print(f"{r['n']:>8} {r['storage']:>7} {r['batch']:>5} {r['engine']:>10} {r['median_ms']:>10.1f} "
               f"{r['per_query_ms']:>10.2f} {r['ratio_to_bandwidth_limit']:>10.2f} {r['ratio_to_roofline']:>10.2f} "
+              f"{r['ratio_to_adjacent_bandwidth_limit']:>9.2f} {r['ratio_to_adjacent_roofline']:>10.2f} "
               f"{r.get('speedup_vs_numpy', float('nan')):>8.1f} {r['recall_at_10_vs_exact_fp32']:>7.3f}")
     print(json.dumps({"load_average": {k: data["load_average"][k] for k in ("before", "after")}}))
     return 0

@@ -103,3 +103,23 @@ def test_fake_gpu_server() -> None:
     assert "tensorrt-cu12" in checks["tensorrt"].next_step
     s = summary(diagnose(probe))
     assert s["usable_backends"] == ["onnxruntime"] and "tensorrt" in s["missing"]
+
+
+def test_search_kernel_check() -> None:
+    """The native scan kernel: reported with the CPU kernel it runs when built, with the fix when it is not."""
+    scan = types.ModuleType("vsrt.runtime._scan")
+    scan.isa = lambda i=0: {0: "avx2", 1: "generic", 2: "avx2"}.get(i)
+    built = Probe(root=Path("/nonexistent-root"), which=lambda c: None, run=lambda cmd: None,
+                  import_module=_fake_imports({"onnxruntime": _ort(["CPUExecutionProvider"]),
+                                               "vsrt.runtime._scan": scan}))
+    check = _by_name(diagnose(built))["search-kernel"]
+    assert check.status == "ok" and "'avx2'" in check.detail and check.data["isas"] == ["avx2", "generic"]
+
+    def no_scan(name: str):
+        if name == "vsrt.runtime._scan":
+            raise ImportError(name)
+        return _fake_imports({"onnxruntime": _ort(["CPUExecutionProvider"])})(name)
+
+    missing = Probe(root=Path("/nonexistent-root"), which=lambda c: None, run=lambda cmd: None, import_module=no_scan)
+    check = _by_name(diagnose(missing))["search-kernel"]
+    assert check.status == "missing" and "C compiler" in check.next_step and "ONNX Runtime" in check.detail

@@ -183,6 +183,17 @@ def test_cli_faiss_and_pairwise_rerank(tmp_path: Path) -> None:
     loc = pair.local_scores(gal.local_features(short), encode_caption_items(m, [query]).words(0))
     want = short[np.argsort(-(glob[short] + 2.0 * loc), kind="stable")][:5]
     assert [h["index"] for h in hits] == want.tolist()
+    by_kernel = {}
+    for kernel in ("numpy", "ort", "native", "auto"):  # every block kernel, named in the output, same hits
+        r = subprocess.run(base + ["search", query, "-g", str(g), "-k", "5", "--json", "--kernel", kernel],
+                           capture_output=True, text=True)
+        if kernel == "native" and "not built" in r.stderr:
+            continue
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["engine"].startswith("exact (") and (kernel == "auto" or f"({kernel} kernel)" in out["engine"])
+        by_kernel[kernel] = [h["index"] for h in out["results"][0]["hits"]]
+    assert len({tuple(v) for v in by_kernel.values()}) == 1, by_kernel
     r = subprocess.run(base + ["search", "--regions", str(tmp_path / "test_ims.npy"), "--rerank", "5", "-g", str(g)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "caption queries" in r.stderr

@@ -11,9 +11,22 @@ from _retrieval_helpers import FakeModel, unit
 from vsrt.errors import InputError
 from vsrt.runtime.gallery import Gallery
 from vsrt.runtime.rerank import PairwiseModelScorer, two_stage_search
-from vsrt.runtime.search import FaissSearcher, SearchResult, brute_force, exact_search, recall_vs_exact, search_texts
+from vsrt.runtime.search import (
+    FaissSearcher,
+    SearchResult,
+    brute_force,
+    exact_search,
+    native_kernel_info,
+    recall_vs_exact,
+    search_texts,
+)
 
 D = 48
+_NATIVE = native_kernel_info()
+#: every block kernel; the native one only where it was built (tests/test_scan_kernel.py fails CI if it was not)
+KERNELS = [pytest.param("native", marks=pytest.mark.skipif(not _NATIVE["available"],
+                                                           reason=f"native kernel not built: {_NATIVE.get('error')}")),
+           "ort", "numpy"]
 
 
 def _gallery(path: Path, storage: str, n: int = 3000, seg: int = 700, seed: int = 0) -> tuple[Gallery, np.ndarray]:
@@ -25,7 +38,7 @@ def _gallery(path: Path, storage: str, n: int = 3000, seg: int = 700, seed: int 
 
 
 @pytest.mark.parametrize("storage", ["fp32", "fp16", "int8"])
-@pytest.mark.parametrize("kernel", ["ort", "numpy"])
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_exact_search_equals_brute_force(tmp_path: Path, storage: str, kernel: str) -> None:
     g, _ = _gallery(tmp_path / "g", storage)
     stored = g.embeddings()  # what the gallery holds (dequantised): brute force over exactly these numbers
@@ -45,7 +58,7 @@ def test_ties_break_by_index_whatever_the_blocks() -> None:
     codes[:, 0] = 1.0  # every item scores the same
     codes[[7, 30], 0] = 2.0
     q = np.array([[1, 0, 0, 0]], np.float32)
-    for kernel in ("ort", "numpy"):
+    for kernel in ("native", "ort", "numpy") if _NATIVE["available"] else ("ort", "numpy"):
         for rows in (3, 7, 50):
             s, i = exact_search([(0, codes, None)], q, 6, block_rows=rows, kernel=kernel)
             assert i[0].tolist() == [7, 30, 0, 1, 2, 3], (kernel, rows)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vsrt.runtime.gallery import Gallery
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=int, default=10, help="results per query (default 10)")
     p.add_argument("--faiss", metavar="FACTORY", help="search a faiss index (e.g. Flat, IVF1024,Flat, HNSW32)")
     p.add_argument("--nprobe", type=int, help="IVF lists probed per query (faiss IVF indexes)")
+    p.add_argument("--kernel", default="auto", choices=["auto", "native", "ort", "numpy"],
+                   help="exact-search block kernel (default auto: the fused native scan where it was built)")
     p.add_argument("--check-exact", action="store_true",
                    help="with --faiss: also run exact search and report the faiss index's recall@k against it")
     p.add_argument("--rerank", type=int, metavar="K", help="re-rank the global top-K with the pairwise scorer")
@@ -89,11 +95,11 @@ def run(args: argparse.Namespace) -> int:
         scores, idx = searcher.search(q, k)
         result = SearchResult(scores, idx, gallery)
         if args.check_exact:
-            recall = recall_vs_exact(idx[:, : args.k], gallery.search(q, args.k).indices)
+            recall = recall_vs_exact(idx[:, : args.k], gallery.search(q, args.k, kernel=args.kernel).indices)
     else:
-        result = gallery.search(q, k)
+        result = gallery.search(q, k, kernel=args.kernel)
     t2 = time.perf_counter()
-    engine = f"faiss {args.faiss}" if args.faiss else "exact"
+    engine = f"faiss {args.faiss}" if args.faiss else f"exact ({_kernel_name(args.kernel, gallery, len(q))})"
     rows = result.to_json(names)
     if args.rerank:
         rows = _rerank(args, model, gallery, result, names)
@@ -150,3 +156,12 @@ def _rerank(args: argparse.Namespace, model, gallery, result, names: list[str]) 
             h["key"], h["meta"], h["score"] = it["key"], it["meta"], h["fused"]
         out.append({"query": name, "hits": hits})
     return out
+
+
+def _kernel_name(kernel: str, gallery: Gallery, queries: int) -> str:
+    """The block kernel an exact search used (``auto`` resolved as :func:`exact_search` resolves it)."""
+    from vsrt.runtime.quantize import numpy_dtype
+    from vsrt.runtime.search import auto_kernel
+
+    name = auto_kernel(numpy_dtype(gallery.storage), queries) if kernel == "auto" else kernel
+    return f"{name} kernel"

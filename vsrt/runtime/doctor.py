@@ -227,6 +227,16 @@ def diagnose(probe: Probe | None = None) -> list[Check]:
     else:
         checks.append(Check("faiss", "missing", "faiss not installed (optional: large galleries; exact search works "
                             "without it)", "pip install faiss-cpu (faiss-gpu on x86-64 CUDA servers)"))
+    scan = probe.module("vsrt.runtime._scan")
+    if scan is not None:
+        isas = [n for i, n in ((3, "avx512"), (2, "avx2"), (4, "neon"), (1, "generic")) if scan.isa(i)]
+        checks.append(Check("search-kernel", "ok", f"native fused scan kernel built; runs '{scan.isa(0)}' here "
+                            f"(available: {', '.join(isas)})", data={"isa": scan.isa(0), "isas": isas}))
+    else:
+        checks.append(Check("search-kernel", "missing", "native scan kernel not built: exact search falls back to "
+                            "ONNX Runtime (several times slower on FP16/INT8 galleries)",
+                            "install a C compiler (sudo apt install build-essential), then reinstall vsrt from "
+                            "source: pip install --force-reinstall --no-deps --no-binary vsrt vsrt"))
     cv2 = probe.module("cv2")
     checks.append(Check("opencv", "ok" if cv2 else "missing", f"OpenCV {_version(cv2)}" if cv2 else "not installed",
                         "" if cv2 else "pip install opencv-python-headless (image decoding for the detector)"))

@@ -8,14 +8,21 @@ does not depend on block size or thread count.
 
 Block kernels (``kernel=``):
 
-* ``"ort"`` (default) — a four-node ONNX graph run by ONNX Runtime on the CPU: ``Cast`` to float32 (SIMD, in
-  cache-sized blocks), ``MatMul`` with the queries (MLAS GEMM), ``Mul`` by the per-vector scales (INT8 storage),
-  ``TopK`` over the block. numpy has no SIMD float16→float32 conversion and no BLAS for float16, so this is what
-  keeps FP16/INT8 storage near the memory-bandwidth limit (``benchmarks/search.py`` measures it).
+* ``"native"`` — :mod:`vsrt.runtime._scan`, the one compiled part of vsrt (built at install time, optional): each
+  small tile of rows is decoded to float32 in registers (F16C / AVX-512 on x86-64, NEON on AArch64), multiplied
+  into every query with float32 FMAs while it is in L1, and every score goes straight into a per-query bounded heap.
+  One pass over the codes and nothing block-sized written, so few queries run at memory speed and many at FMA speed.
+  ``VSRT_SCAN_ISA`` (``avx512``, ``avx2``, ``neon``, ``generic``) overrides the kernel chosen from the CPU.
+* ``"ort"`` — a four-node ONNX graph run by ONNX Runtime on the CPU: ``Cast`` to float32 (in cache-sized blocks),
+  ``MatMul`` with the queries (MLAS GEMM), ``Mul`` by the per-vector scales (INT8 storage), ``TopK`` over the block.
+  Each step is its own pass over the block, so FP16/INT8 storage costs a conversion on top of the GEMM.
 * ``"numpy"`` — the same steps in numpy (dequantise into a reused buffer, BLAS ``sgemm``, ``argpartition``): the
   portable reference.
+* ``"auto"`` (default) — ``native`` where it was built, else ``ort`` (and ``ort`` for FP32 batches of
+  :data:`AUTO_FP32_ORT_FROM` queries or more, where MLAS's GEMM is faster and there is no conversion to fuse).
 
-Blocks are spread over ``threads`` Python threads (ONNX Runtime and BLAS release the GIL), one block per call.
+All kernels return the same top-k up to float32 summation order. Blocks are spread over ``threads`` Python threads
+(every kernel releases the GIL), one block per call.
 
 faiss (optional, ``pip install faiss-cpu``): :class:`FaissSearcher` builds any faiss index from a gallery
 (``"Flat"`` is exact; ``"IVF4096,SQ8"``, ``"HNSW32"``… are approximate) and caches it beside the gallery, keyed by
@@ -39,11 +46,13 @@ import numpy as np
 from vsrt.errors import BackendUnavailableError, InputError
 
 Block = tuple[int, np.ndarray, np.ndarray | None]  # (first item index, codes [n, D], scales [n] or None)
-KERNELS = ("ort", "numpy")
+KERNELS = ("auto", "native", "ort", "numpy")
 #: a converted (FP16/INT8) block's float32 form, by default: small enough to stay in cache between Cast and MatMul
 DEFAULT_BLOCK_BYTES = 4 << 20
 #: an FP32 block by default: no conversion, so larger blocks (fewer calls) are faster
 DEFAULT_FP32_BLOCK_BYTES = 16 << 20
+#: stored bytes per block for the native kernel (it writes nothing block-sized; blocks only spread the threads)
+DEFAULT_NATIVE_BLOCK_BYTES = 16 << 20
 
 
 def default_threads() -> int:
@@ -57,16 +66,27 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_block_rows(dim: int, dtype: np.dtype | type = np.float16) -> int:
-    """Rows per block: :data:`DEFAULT_BLOCK_BYTES` of float32 for converted codes, :data:`DEFAULT_FP32_BLOCK_BYTES`
-    for FP32 codes (at least 256 rows, so the per-call overhead stays small)."""
-    budget = DEFAULT_FP32_BLOCK_BYTES if np.dtype(dtype) == np.float32 else DEFAULT_BLOCK_BYTES
+def default_block_rows(dim: int, dtype: np.dtype | type = np.float16, kernel: str = "ort") -> int:
+    """Rows per block. ``ort``/``numpy``: :data:`DEFAULT_BLOCK_BYTES` of float32 for converted codes,
+    :data:`DEFAULT_FP32_BLOCK_BYTES` for FP32 codes; ``native``: :data:`DEFAULT_NATIVE_BLOCK_BYTES` of stored codes.
+    At least 256 rows, so the per-call overhead stays small."""
+    dt = np.dtype(dtype)
+    if kernel == "native":
+        return int(max(256, DEFAULT_NATIVE_BLOCK_BYTES // max(1, dim * dt.itemsize)))
+    budget = DEFAULT_FP32_BLOCK_BYTES if dt == np.float32 else DEFAULT_BLOCK_BYTES
     return int(max(256, budget // max(1, dim * 4)))
 
 
 # ---------------------------------------------------------------------------------------------------- kernels
 class OrtKernel:
     """Scores and per-block top-k in one small ONNX Runtime graph per storage dtype (see module docstring)."""
+
+    name = "ort"
+
+    @staticmethod
+    def prepare(queries: np.ndarray) -> np.ndarray:
+        """The queries as this kernel takes them: ``[D, M]`` float32, contiguous."""
+        return np.ascontiguousarray(np.asarray(queries, np.float32).T)
 
     def __init__(self, threads_per_call: int = 1) -> None:
         self.threads_per_call = threads_per_call
@@ -130,6 +150,9 @@ class OrtKernel:
 class NumpyKernel:
     """The same block step in numpy: dequantise into a per-thread buffer, BLAS matmul, ``argpartition``."""
 
+    name = "numpy"
+    prepare = staticmethod(OrtKernel.prepare)
+
     def __init__(self) -> None:
         self._local = threading.local()
 
@@ -161,17 +184,105 @@ class NumpyKernel:
         return np.take_along_axis(s, idx, axis=0), idx.astype(np.int64)
 
 
+class NativeKernel:
+    """The fused scan of :mod:`vsrt.runtime._scan` (see module docstring): decode, FMA and top-k in one pass.
+
+    Args:
+        isa: ``"auto"`` (from the CPU, or ``VSRT_SCAN_ISA``), ``"avx512"``, ``"avx2"``, ``"neon"`` or ``"generic"``.
+    """
+
+    name = "native"
+    _CODES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.int8): 2}
+    _ISAS = {"auto": 0, "generic": 1, "avx2": 2, "avx512": 3, "neon": 4}
+
+    def __init__(self, isa: str | None = None) -> None:
+        self._scan = _native_module()
+        if self._scan is None:
+            raise BackendUnavailableError(f"the native search kernel is not built: {_NATIVE_ERROR}")
+        isa = (isa or os.environ.get("VSRT_SCAN_ISA") or "auto").lower()
+        if isa not in self._ISAS:
+            raise InputError(f"unknown VSRT_SCAN_ISA / isa '{isa}' (choose from {', '.join(self._ISAS)})")
+        self._isa = self._ISAS[isa]
+        self.isa = self._scan.isa(self._isa)
+        if self.isa is None:
+            raise BackendUnavailableError(f"this CPU cannot run the '{isa}' search kernel (choose from: "
+                                          f"{', '.join(n for n, i in self._ISAS.items() if self._scan.isa(i))})")
+
+    @staticmethod
+    def prepare(queries: np.ndarray) -> np.ndarray:
+        """The queries as this kernel takes them: ``[M, D]`` float32, contiguous."""
+        return np.ascontiguousarray(queries, np.float32)
+
+    def __call__(self, codes: np.ndarray, scales: np.ndarray | None, queries: np.ndarray, k: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        kind = self._CODES.get(np.dtype(codes.dtype))
+        if kind is None:
+            raise InputError(f"search kernel cannot scan codes of dtype {codes.dtype}")
+        codes = np.ascontiguousarray(codes)
+        n, d = codes.shape
+        m = len(queries)
+        out_s = np.empty((m, k), np.float32)
+        out_i = np.empty((m, k), np.int64)
+        sc = None if scales is None else np.ascontiguousarray(scales, np.float32).reshape(-1)
+        kk = self._scan.topk(codes, kind, n, d, sc, queries, m, k, out_s, out_i, self._isa)
+        return out_s[:, :kk].T, out_i[:, :kk].T
+
+
+_NATIVE_ERROR = ""
+
+
+def _native_module() -> Any | None:
+    """:mod:`vsrt.runtime._scan`, or ``None`` (with the reason in ``_NATIVE_ERROR``) where it was not built."""
+    global _NATIVE_ERROR
+    try:
+        from vsrt.runtime import _scan
+    except ImportError as exc:
+        _NATIVE_ERROR = (f"{exc} (it is compiled when vsrt is installed from source with a C compiler present: "
+                         "`pip install --force-reinstall --no-deps .`)")
+        return None
+    return _scan
+
+
+def native_kernel_info() -> dict[str, Any]:
+    """Whether the native scan kernel is built, and which CPU kernel it runs here (for ``vsrt doctor``)."""
+    mod = _native_module()
+    if mod is None:
+        return {"available": False, "error": _NATIVE_ERROR}
+    names = {"generic": 1, "avx2": 2, "avx512": 3, "neon": 4}
+    return {"available": True, "isa": mod.isa(0), "isas": [n for n, i in names.items() if mod.isa(i)]}
+
+
+#: FP32 galleries from this many queries per batch on go to ONNX Runtime: with no conversion to fuse, MLAS's GEMM
+#: beats the native scan's FMAs once a batch is compute-bound (``benchmarks/search.py``: 100K × 2048 FP32, batch 32,
+#: native 150 ms vs ONNX Runtime 112 ms; batch 8, 68 vs 82 ms)
+AUTO_FP32_ORT_FROM = 16
+
+
+def auto_kernel(dtype: np.dtype | type, queries: int) -> str:
+    """The kernel ``"auto"`` picks for codes of ``dtype`` and a batch of ``queries``: ``native`` where it was built
+    (except FP32 batches from :data:`AUTO_FP32_ORT_FROM` on), else ``ort``."""
+    if _native_module() is None:
+        return "ort"
+    if np.dtype(dtype) == np.float32 and queries >= AUTO_FP32_ORT_FROM:
+        return "ort"
+    return "native"
+
+
 _KERNELS: dict[str, Any] = {}
 _KERNELS_LOCK = threading.Lock()
 
 
-def get_kernel(name: str = "ort") -> Callable[..., tuple[np.ndarray, np.ndarray]]:
-    """The shared block kernel called ``name`` (``ort`` or ``numpy``)."""
+def get_kernel(name: str = "auto") -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """The shared block kernel called ``name`` (``auto``, ``native``, ``ort`` or ``numpy``); ``auto`` here is
+    ``native`` where it was built, else ``ort`` (:func:`exact_search` also weighs dtype and batch:
+    :func:`auto_kernel`)."""
     if name not in KERNELS:
         raise InputError(f"unknown search kernel '{name}' (choose from {', '.join(KERNELS)})")
+    if name == "auto":
+        name = "native" if _native_module() is not None else "ort"
     with _KERNELS_LOCK:
         if name not in _KERNELS:
-            _KERNELS[name] = OrtKernel() if name == "ort" else NumpyKernel()
+            _KERNELS[name] = {"native": NativeKernel, "ort": OrtKernel, "numpy": NumpyKernel}[name]()
         return _KERNELS[name]
 
 
@@ -236,7 +347,7 @@ def exact_search(
     k: int = 10,
     block_rows: int | None = None,
     threads: int | None = None,
-    kernel: str = "ort",
+    kernel: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top-``k`` of ``queries [M, D]`` over ``blocks`` (``(start, codes, scales)``).
 
@@ -256,14 +367,17 @@ def exact_search(
     dims = {b[1].shape[1] for b in blocks if len(b[1])}
     if dims and dims != {q.shape[1]}:
         raise InputError(f"queries have dimension {q.shape[1]}, the gallery {sorted(dims)[0]}")
+    if kernel == "auto":
+        dtype = next((b[1].dtype for b in blocks if len(b[1])), np.dtype(np.float16))
+        kernel = auto_kernel(dtype, len(q))
     fn = get_kernel(kernel)
-    qt = np.ascontiguousarray(q.T)
+    prepared = fn.prepare(q)
     work: list[tuple[int, np.ndarray, np.ndarray | None]] = []
     for start, codes, scales in blocks:
         n = len(codes)
         if n == 0:
             continue
-        rows = block_rows or default_block_rows(codes.shape[1], codes.dtype)
+        rows = block_rows or default_block_rows(codes.shape[1], codes.dtype, fn.name)
         for lo in range(0, n, rows):
             hi = min(n, lo + rows)
             work.append((start + lo, codes[lo:hi], None if scales is None else scales[lo:hi]))
@@ -271,7 +385,7 @@ def exact_search(
 
     def run(item: tuple[int, np.ndarray, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
         start, codes, scales = item
-        values, indices = fn(codes, scales, qt, k)
+        values, indices = fn(codes, scales, prepared, k)
         return values, indices + start
 
     nthreads = min(threads or default_threads(), max(1, len(work)))

@@ -1,0 +1,160 @@
+"""The native fused scan kernel (vsrt.runtime._scan): built where a C compiler exists, and equal to brute force on
+every CPU kernel this machine can run (generic is the portable code AArch64 uses), for every storage dtype."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vsrt.runtime.search import NativeKernel, exact_search, native_kernel_info
+
+INFO = native_kernel_info()
+ISAS = INFO.get("isas", [])
+needs_native = pytest.mark.skipif(not INFO["available"], reason=f"native kernel not built: {INFO.get('error')}")
+
+
+def test_native_kernel_is_built_where_a_compiler_exists() -> None:
+    if not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")):
+        pytest.skip("no C compiler on this machine, so the optional extension was not built")
+    assert INFO["available"], INFO.get("error")
+    assert "generic" in INFO["isas"] and INFO["isa"] in INFO["isas"]
+    if sys.platform.startswith("linux") and "avx2" in Path("/proc/cpuinfo").read_text():
+        assert INFO["isa"] in ("avx2", "avx512")  # an x86 SIMD kernel, not the portable fallback
+
+
+def _codes(rng: np.random.Generator, n: int, d: int, dtype: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Codes, scales and the float64 values they stand for."""
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    if dtype == "int8":
+        codes = rng.integers(-127, 128, (n, d)).astype(np.int8)
+        scales = rng.uniform(0.001, 0.02, n).astype(np.float32)
+        return codes, scales, codes.astype(np.float64) * scales.astype(np.float64)[:, None]
+    codes = x.astype(dtype)
+    return codes, None, codes.astype(np.float64)
+
+
+def _check(kernel: NativeKernel, codes: np.ndarray, scales: np.ndarray | None, values: np.ndarray, q: np.ndarray,
+           k: int) -> None:
+    s, i = kernel(codes, scales, kernel.prepare(q), k)
+    ref = q.astype(np.float64) @ values.T
+    kk = min(k, len(codes))
+    assert s.shape == i.shape == (kk, len(q))
+    order = np.argsort(-ref, axis=1, kind="stable")[:, :kk]
+    ref_s = np.take_along_axis(ref, order, 1)
+    tol = 1e-5 * np.abs(q).sum(1, keepdims=True) * np.abs(values).max()
+    assert np.all(np.abs(s.T - ref_s) <= tol + 1e-6)
+    # the same items, except where a float32 rounding difference can swap near-tied neighbours
+    got_true = np.take_along_axis(ref, i.T, 1)
+    assert np.all(np.abs(got_true - ref_s) <= tol + 1e-6)
+    assert np.all(np.diff(s.T, axis=1) <= 0)  # best first
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
+def test_every_cpu_kernel_equals_brute_force(isa: str, dtype: str) -> None:
+    kernel = NativeKernel(isa)
+    rng = np.random.default_rng(len(isa) * 7 + len(dtype))
+    shapes = [(1, 1, 1, 1), (3, 7, 2, 5), (4, 8, 6, 4), (5, 15, 7, 3), (9, 16, 13, 9), (13, 17, 1, 20),
+              (250, 33, 12, 10), (101, 100, 32, 7), (64, 2048, 8, 10)]
+    for n, d, m, k in shapes:
+        codes, scales, values = _codes(rng, n, d, dtype)
+        q = rng.standard_normal((m, d)).astype(np.float32)
+        _check(kernel, codes, scales, values, q, k)
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+def test_every_float16_value_decodes_exactly(isa: str) -> None:
+    """All 63,488 finite half-precision values (subnormals included), read through one-hot queries."""
+    bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    vals = bits.view(np.float16)
+    vals = vals[np.isfinite(vals)]
+    codes = np.ascontiguousarray(vals.reshape(-1, 8))
+    q = np.eye(8, dtype=np.float32)
+    s, i = NativeKernel(isa)(codes, None, q, len(codes))
+    for j in range(8):
+        got = np.empty(len(codes), np.float32)
+        got[i[:, j]] = s[:, j]
+        assert np.array_equal(got, codes[:, j].astype(np.float32)), j  # exact (-0 sums to +0, which compares equal)
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+def test_ties_keep_the_lower_index(isa: str) -> None:
+    codes = np.ones((23, 19), np.float16)
+    codes[[5, 17]] = 2.0
+    s, i = NativeKernel(isa)(codes, None, np.ones((3, 19), np.float32), 6)
+    assert i.T.tolist() == [[5, 17, 0, 1, 2, 3]] * 3
+
+
+@needs_native
+def test_inputs_it_must_copy_or_refuse(tmp_path: Path) -> None:
+    kernel = NativeKernel()
+    rng = np.random.default_rng(3)
+    wide = rng.standard_normal((40, 64)).astype(np.float16)
+    q = rng.standard_normal((2, 32)).astype(np.float32)
+    s1, i1 = kernel(wide[:, :32], None, q, 5)  # not contiguous: copied
+    s2, i2 = kernel(np.ascontiguousarray(wide[:, :32]), None, q, 5)
+    assert np.array_equal(i1, i2) and np.array_equal(s1, s2)
+    path = tmp_path / "codes.npy"
+    np.save(path, wide)
+    mm = np.load(path, mmap_mode="r")  # read-only memory map, as gallery segments are
+    s3, i3 = kernel(mm, None, rng.standard_normal((1, 64)).astype(np.float32), 3)
+    assert s3.shape == (3, 1)
+    from vsrt.runtime import _scan
+
+    out_s, out_i = np.empty((1, 3), np.float32), np.empty((1, 3), np.int64)
+    with pytest.raises(ValueError, match="codes holds"):
+        _scan.topk(wide, 1, 41, 64, None, q[:1, :1].repeat(64, 1), 1, 3, out_s, out_i)
+    with pytest.raises(ValueError, match="out_indices holds"):
+        _scan.topk(wide, 1, 40, 64, None, np.zeros((1, 64), np.float32), 1, 3, out_s, out_i[:, :2])
+    with pytest.raises(TypeError):
+        _scan.topk(wide, 1, 40, 64, None, np.zeros((1, 64), np.float32), 1, 3, out_s, out_i.copy().data.toreadonly())
+
+
+@needs_native
+def test_threads_scan_in_parallel_with_the_same_result() -> None:
+    """The GIL is released: blocks scanned from several threads give the single-thread result."""
+    rng = np.random.default_rng(4)
+    codes = rng.standard_normal((20000, 96)).astype(np.float16)
+    q = rng.standard_normal((5, 96)).astype(np.float32)
+    one = exact_search([(0, codes, None)], q, 10, block_rows=1000, threads=1, kernel="native")
+    many = exact_search([(0, codes, None)], q, 10, block_rows=1000, threads=4, kernel="native")
+    assert np.array_equal(one[1], many[1]) and np.array_equal(one[0], many[0])
+    kernel = NativeKernel()
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(lambda _: kernel(codes, None, q, 10), range(4)))
+    assert all(np.array_equal(o[1], outs[0][1]) for o in outs)
+
+
+def test_unknown_isa_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not INFO["available"]:
+        pytest.skip(f"native kernel not built: {INFO.get('error')}")
+    from vsrt.errors import InputError
+
+    monkeypatch.setenv("VSRT_SCAN_ISA", "sse9")
+    with pytest.raises(InputError, match="VSRT_SCAN_ISA"):
+        NativeKernel()
+
+
+def test_aarch64_kernels_under_qemu(tmp_path: Path) -> None:
+    """Jetson's code path (NEON and the portable kernel), cross-compiled and run in qemu: tests/native/scan_check.c."""
+    import subprocess
+
+    cc, qemu = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
+    if not (cc and qemu):
+        pytest.skip("needs an AArch64 cross compiler and qemu-user (apt install gcc-aarch64-linux-gnu "
+                    "libc6-dev-arm64-cross qemu-user)")
+    exe = tmp_path / "scan_check"
+    src = Path(__file__).parent / "native" / "scan_check.c"
+    subprocess.run([cc, "-O3", "-std=gnu11", "-Wall", "-Werror", "-static", str(src), "-o", str(exe), "-lm"],
+                   check=True, capture_output=True)
+    out = subprocess.run([qemu, str(exe)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ok (kernel neon)" in out.stdout and "ok (kernel generic)" in out.stdout

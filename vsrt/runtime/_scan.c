@@ -1,0 +1,151 @@
+/*
+ * vsrt.runtime._scan: fused exact top-k scan over a block of gallery codes (FP32, FP16 or INT8 rows).
+ *
+ * One pass over the codes: each small tile of rows is decoded to float32 in registers (FP16 -> F16C / AVX-512
+ * `vcvtph2ps`, INT8 -> sign-extend + convert), multiplied into every query with float32 FMAs while the tile is in
+ * L1, and each score goes straight into a per-query bounded heap. Nothing the size of the block is ever written,
+ * so the scan runs at memory speed for few queries and at FMA speed for many: what numpy (no SIMD float16) and
+ * ONNX Runtime (Cast, then MatMul, then TopK, each a separate pass) cannot do.
+ *
+ * Kernels: AVX-512 (F+BW+VL) and AVX2+FMA+F16C on x86-64, chosen at run time from the CPU; NEON on AArch64 (Jetson);
+ * a portable C kernel everywhere (and for tests, `isa=1`). Scores are the
+ * float32 dot product (times the row's scale for INT8); ties at the cut keep the lower row index, like ONNX TopK.
+ * The GIL is released during the scan, so Python threads can scan different blocks in parallel.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "_scan_kernels.h"
+
+/* ------------------------------------------------------------------------------------------------ Python */
+static int need(Py_buffer *b, Py_ssize_t bytes, const char *what) {
+    if (b->len < bytes) {
+        PyErr_Format(PyExc_ValueError, "_scan.topk: %s holds %zd bytes, needs %zd", what, b->len, bytes);
+        return 0;
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(topk_doc,
+             "topk(codes, kind, n, d, scales, queries, m, k, out_scores, out_indices, isa=0) -> int\n\n"
+             "Exact top-k inner products of m float32 queries [m, d] over n C-contiguous code rows [n, d]\n"
+             "(kind 0 float32, 1 float16, 2 int8; scales: float32 [n] or None). Writes best-first scores\n"
+             "[m, k] and row indices [m, k] (int64) and returns min(k, n). isa: 0 auto, 1 generic, 2 avx2,\n"
+             "3 avx512, 4 neon. Releases the GIL.");
+
+static PyObject *py_topk(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer codes = {0}, queries = {0}, out_s = {0}, out_i = {0}, scales = {0};
+    PyObject *scales_obj = NULL, *result = NULL;
+    int kind = 0, isa_id = ISA_AUTO;
+    Py_ssize_t n = 0, d = 0, m = 0, k = 0;
+    if (!PyArg_ParseTuple(args, "y*innOy*nnw*w*|i", &codes, &kind, &n, &d, &scales_obj, &queries, &m, &k, &out_s,
+                          &out_i, &isa_id))
+        return NULL;
+    const int have_scales = scales_obj != Py_None;
+    if (have_scales && PyObject_GetBuffer(scales_obj, &scales, PyBUF_SIMPLE) < 0) goto done;
+    if (kind < CODE_F32 || kind > CODE_I8 || n < 0 || d < 1 || m < 1 || k < 1) {
+        PyErr_SetString(PyExc_ValueError, "_scan.topk: bad kind, n, d, m or k");
+        goto done;
+    }
+    const Isa *isa = isa_table(isa_id);
+    if (!isa) {
+        PyErr_Format(PyExc_RuntimeError, "_scan.topk: this CPU has no kernel for isa=%d", isa_id);
+        goto done;
+    }
+    const Py_ssize_t esz = kind == CODE_F32 ? 4 : (kind == CODE_F16 ? 2 : 1);
+    const Py_ssize_t kk = k < n ? k : n;
+    if (!need(&codes, n * d * esz, "codes") || !need(&queries, m * d * 4, "queries") ||
+        !need(&out_s, m * k * 4, "out_scores") || !need(&out_i, m * k * 8, "out_indices") ||
+        (have_scales && !need(&scales, n * 4, "scales")))
+        goto done;
+    float *hs = malloc(sizeof(float) * (size_t)(m * (kk ? kk : 1)));
+    int64_t *hi = malloc(sizeof(int64_t) * (size_t)(m * (kk ? kk : 1)));
+    Heap *heaps = malloc(sizeof(Heap) * (size_t)m);
+    if (!hs || !hi || !heaps) {
+        free(hs);
+        free(hi);
+        free(heaps);
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t q = 0; q < m; ++q) heaps[q] = (Heap){hs + q * kk, hi + q * kk, 0, kk};
+    int scanned = 1;
+    Py_BEGIN_ALLOW_THREADS
+    if (kk > 0)
+        scanned = scan_block(isa, kind, (const char *)codes.buf, n, d,
+                             have_scales ? (const float *)scales.buf : NULL, (const float *)queries.buf, m, heaps);
+    if (scanned)
+        for (Py_ssize_t q = 0; q < m; ++q) /* row q of the outputs is k wide */
+            heap_drain_sorted(&heaps[q], (float *)out_s.buf + q * k, (int64_t *)out_i.buf + q * k);
+    Py_END_ALLOW_THREADS
+    free(hs);
+    free(hi);
+    free(heaps);
+    result = scanned ? PyLong_FromSsize_t(kk) : PyErr_NoMemory();
+done:
+    PyBuffer_Release(&codes);
+    PyBuffer_Release(&queries);
+    PyBuffer_Release(&out_s);
+    PyBuffer_Release(&out_i);
+    if (have_scales && scales.obj) PyBuffer_Release(&scales);
+    return result;
+}
+
+static PyObject *py_isa(PyObject *self, PyObject *args) {
+    (void)self;
+    int isa_id = ISA_AUTO;
+    if (!PyArg_ParseTuple(args, "|i", &isa_id)) return NULL;
+    const Isa *isa = isa_table(isa_id);
+    if (!isa) Py_RETURN_NONE;
+    return PyUnicode_FromString(isa->name);
+}
+
+/* A memory-bandwidth probe for benchmarks/search.py: the sum of a buffer's 64-bit words (wrapping), read as the
+ * scan reads its codes (several streams a page apart, software prefetch into L2), so that "the bandwidth limit" the
+ * benchmark compares against is what this machine can actually deliver to a reader, not what numpy's sum reaches. */
+static uint64_t stream_sum(const uint64_t *w, int64_t words) {
+    enum { STREAMS = 4, PAGE_WORDS = 512, PF_AHEAD = 2 * PAGE_WORDS * STREAMS };
+    uint64_t acc[STREAMS][8] = {{0}};
+    int64_t i = 0;
+    const int64_t group = (int64_t)STREAMS * PAGE_WORDS; /* STREAMS consecutive pages, read in parallel */
+    for (; i + group <= words; i += group) {
+        for (int64_t j = 0; j < PAGE_WORDS; j += 8) {
+            for (int s = 0; s < STREAMS; ++s) {
+                const uint64_t *p = w + i + (int64_t)s * PAGE_WORDS + j;
+                if (i + PF_AHEAD + group <= words) __builtin_prefetch(p + PF_AHEAD, 0, PREFETCH_HINT);
+                for (int l = 0; l < 8; ++l) acc[s][l] += p[l];
+            }
+        }
+    }
+    uint64_t total = 0;
+    for (; i < words; ++i) total += w[i];
+    for (int s = 0; s < STREAMS; ++s)
+        for (int l = 0; l < 8; ++l) total += acc[s][l];
+    return total;
+}
+
+static PyObject *py_stream_sum(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer buf = {0};
+    if (!PyArg_ParseTuple(args, "y*", &buf)) return NULL;
+    uint64_t total;
+    Py_BEGIN_ALLOW_THREADS
+    total = stream_sum((const uint64_t *)buf.buf, buf.len / 8);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&buf);
+    return PyLong_FromUnsignedLongLong(total);
+}
+
+static PyMethodDef methods[] = {
+    {"topk", py_topk, METH_VARARGS, topk_doc},
+    {"stream_sum", py_stream_sum, METH_VARARGS,
+     "stream_sum(buffer) -> int: the wrapping sum of its 64-bit words (a read-bandwidth probe). Releases the GIL."},
+    {"isa", py_isa, METH_VARARGS, "isa(isa=0) -> the kernel name used for that request on this CPU, or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_scan", "Fused top-k scan over gallery codes.", -1,
+                                    methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__scan(void) { return PyModule_Create(&module); }

@@ -1,0 +1,515 @@
+/*
+ * Kernels of vsrt.runtime._scan (see _scan.c): tile dot products decoded in registers, a bounded heap per query,
+ * and scan_block(), which scans one block of code rows. Plain C (no Python), so that it can be compiled and tested
+ * on its own, for instance for AArch64.
+ */
+#ifndef VSRT_SCAN_KERNELS_H
+#define VSRT_SCAN_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define VSRT_X86 1
+#include <immintrin.h>
+#else
+#define VSRT_X86 0
+#endif
+
+enum { CODE_F32 = 0, CODE_F16 = 1, CODE_I8 = 2 };
+enum { ISA_AUTO = 0, ISA_GENERIC = 1, ISA_AVX2 = 2, ISA_AVX512 = 3, ISA_NEON = 4 };
+
+#define ROWS_PER_TILE 4 /* rows decoded once per tile and reused for every query tile */
+#define MAX_QUERY_TILE 6
+#define PREFETCH_HINT 2  /* into L2: measured faster than into L1 */
+#define PREFETCH_TILES 1 /* prefetch distance, in row tiles (measured: 1 beats 2 and 3) */
+
+/* ------------------------------------------------------------------------------------------- bounded heap */
+/* A min-heap of the k best (score, index) so far; its root is the worst kept entry. "Worse" = lower score, or
+ * equal score and higher index (rows arrive in increasing index order, so an equal score never displaces). */
+typedef struct {
+    float *score;
+    int64_t *index;
+    int64_t size;
+    int64_t cap;
+} Heap;
+
+static inline int worse(float sa, int64_t ia, float sb, int64_t ib) {
+    return sa < sb || (sa == sb && ia > ib);
+}
+
+static void heap_sift_down(Heap *h, int64_t i) {
+    for (;;) {
+        int64_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < h->size && worse(h->score[l], h->index[l], h->score[m], h->index[m])) m = l;
+        if (r < h->size && worse(h->score[r], h->index[r], h->score[m], h->index[m])) m = r;
+        if (m == i) return;
+        float ts = h->score[i];
+        int64_t ti = h->index[i];
+        h->score[i] = h->score[m];
+        h->index[i] = h->index[m];
+        h->score[m] = ts;
+        h->index[m] = ti;
+        i = m;
+    }
+}
+
+static inline void heap_offer(Heap *h, float s, int64_t idx) {
+    if (h->size < h->cap) {
+        int64_t i = h->size++;
+        while (i > 0) {
+            int64_t p = (i - 1) / 2;
+            if (!worse(s, idx, h->score[p], h->index[p])) break;
+            h->score[i] = h->score[p];
+            h->index[i] = h->index[p];
+            i = p;
+        }
+        h->score[i] = s;
+        h->index[i] = idx;
+    } else if (s > h->score[0]) { /* NaN never enters a full heap */
+        h->score[0] = s;
+        h->index[0] = idx;
+        heap_sift_down(h, 0);
+    }
+}
+
+/* Pops the heap into out[0..size) best first. */
+static void heap_drain_sorted(Heap *h, float *out_s, int64_t *out_i) {
+    int64_t n = h->size;
+    for (int64_t pos = n - 1; pos >= 0; --pos) {
+        out_s[pos] = h->score[0];
+        out_i[pos] = h->index[0];
+        h->size--;
+        if (h->size > 0) {
+            h->score[0] = h->score[h->size];
+            h->index[0] = h->index[h->size];
+            heap_sift_down(h, 0);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------- portable decode */
+static inline float half_bits_to_float(uint16_t h) {
+#if defined(__aarch64__)
+    __fp16 v;
+    memcpy(&v, &h, sizeof v);
+    return (float)v;
+#else
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
+    if (exp == 0x1fu) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112u) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else { /* subnormal: normalise */
+        int e = -1;
+        do {
+            e++;
+            man <<= 1;
+        } while ((man & 0x400u) == 0);
+        bits = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3ffu) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+#endif
+}
+
+static inline __attribute__((always_inline)) float load_code(const void *codes, int kind, int64_t i) {
+    switch (kind) {
+        case CODE_F16: return half_bits_to_float(((const uint16_t *)codes)[i]);
+        case CODE_I8: return (float)((const int8_t *)codes)[i];
+        default: return ((const float *)codes)[i];
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ tile kernels */
+/* Every kernel computes dots[r * nq + q] = <row r of the tile, query q> for nr <= ROWS_PER_TILE rows and
+ * nq <= MAX_QUERY_TILE queries (queries are rows of `queries`, `d` floats apart). `next` (or NULL) is the next
+ * tile's first byte: the kernels prefetch it a few lines per step, so that memory and FMAs overlap. Each row
+ * of a large gallery is its own page, and hardware prefetchers stop at page boundaries. */
+/* Floats between consecutive queries in the packed copy the kernels read: d rounded up to 16, plus 16. With d = 2048
+ * the caller's rows are 8 KB apart, so every query's j-th vector falls in the same L1 set and six of them (plus the
+ * row tile's four, 4 KB apart) evict each other; 64 extra bytes per row spreads them over different sets. */
+static inline int64_t query_stride(int64_t d) { return ((d + 15) & ~(int64_t)15) + 16; }
+
+typedef struct { /* spreads the prefetch of `len` bytes evenly over a kernel's `iters` inner steps */
+    const char *p, *end;
+    int per_step, every, count;
+} Prefetch;
+
+static inline Prefetch prefetch_plan(const char *next, int64_t len, int64_t iters) {
+    const int64_t lines = (len + 63) / 64;
+    Prefetch pf = {next, next + len, 1, 1, 0};
+    if (iters < 1) iters = 1;
+    if (lines > iters) pf.per_step = (int)((lines + iters - 1) / iters);
+    else if (lines > 0) pf.every = (int)(iters / lines);
+    return pf;
+}
+
+static inline __attribute__((always_inline)) void prefetch_step(Prefetch *pf) {
+    if (pf && pf->p < pf->end && ++pf->count >= pf->every) {
+        pf->count = 0;
+        for (int l = 0; l < pf->per_step; ++l) __builtin_prefetch(pf->p + 64 * l, 0, PREFETCH_HINT);
+        pf->p += 64 * pf->per_step;
+    }
+}
+
+typedef void (*TileFn)(const void *rows, int64_t d, const float *queries, int nr, int nq, float *dots,
+                       Prefetch *next);
+
+#define LANES_GENERIC 8
+/* Portable: 8 independent lanes per accumulator, so the compiler can vectorise without reassociating sums. */
+#define DEFINE_GENERIC_TILE(KIND, CODE, ESZ)                                                                         \
+    static void tile_generic_##KIND(const void *rows, int64_t d, const float *queries, int nr, int nq,               \
+                                    float *dots, Prefetch *next) {                                                   \
+        float acc[ROWS_PER_TILE][MAX_QUERY_TILE][LANES_GENERIC];                                                     \
+        memset(acc, 0, sizeof acc);                                                                                  \
+        int64_t j = 0;                                                                                               \
+        for (; j + LANES_GENERIC <= d; j += LANES_GENERIC) {                                                         \
+            prefetch_step(next);                                                                                     \
+            float x[ROWS_PER_TILE][LANES_GENERIC];                                                                   \
+            for (int r = 0; r < nr; ++r)                                                                             \
+                for (int l = 0; l < LANES_GENERIC; ++l) x[r][l] = load_code(rows, CODE, r * d + j + l);              \
+            for (int q = 0; q < nq; ++q) {                                                                           \
+                const float *qv = queries + q * query_stride(d) + j;                                                               \
+                for (int r = 0; r < nr; ++r)                                                                         \
+                    for (int l = 0; l < LANES_GENERIC; ++l) acc[r][q][l] += x[r][l] * qv[l];                         \
+            }                                                                                                        \
+        }                                                                                                            \
+        for (int r = 0; r < nr; ++r)                                                                                 \
+            for (int q = 0; q < nq; ++q) {                                                                           \
+                float s = 0.0f;                                                                                      \
+                for (int l = 0; l < LANES_GENERIC; ++l) s += acc[r][q][l];                                           \
+                for (int64_t t = j; t < d; ++t) s += load_code(rows, CODE, r * d + t) * queries[q * query_stride(d) + t];          \
+                dots[r * nq + q] = s;                                                                                \
+            }                                                                                                        \
+    }
+DEFINE_GENERIC_TILE(f32, CODE_F32, 4)
+DEFINE_GENERIC_TILE(f16, CODE_F16, 2)
+DEFINE_GENERIC_TILE(i8, CODE_I8, 1)
+
+#if VSRT_X86
+/* x86 kernels. R (rows) and Q (queries) are compile-time constants at every call site (always_inline + switch),
+ * so the accumulator arrays are held in registers: AVX-512 4 x 6 = 24 zmm, AVX2 3 x 4 = 12 ymm. */
+#define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+#define AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
+
+AVX512_TARGET static inline __m512 z_f32(const void *p, int64_t i) { return _mm512_loadu_ps((const float *)p + i); }
+AVX512_TARGET static inline __m512 zm_f32(__mmask16 m, const void *p, int64_t i) {
+    return _mm512_maskz_loadu_ps(m, (const float *)p + i);
+}
+AVX512_TARGET static inline __m512 z_f16(const void *p, int64_t i) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i)));
+}
+AVX512_TARGET static inline __m512 zm_f16(__mmask16 m, const void *p, int64_t i) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i));
+}
+AVX512_TARGET static inline __m512 z_i8(const void *p, int64_t i) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)p + i))));
+}
+AVX512_TARGET static inline __m512 zm_i8(__mmask16 m, const void *p, int64_t i) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, (const int8_t *)p + i)));
+}
+
+#define DEFINE_AVX512_TILE(KIND, ESZ)                                                                                \
+    static inline __attribute__((always_inline)) AVX512_TARGET void avx512_##KIND##_rq(                              \
+        const void *rows, int64_t d, const float *queries, const int R, const int Q, float *dots,                    \
+        Prefetch *next) {                                                                                            \
+        __m512 acc[ROWS_PER_TILE][MAX_QUERY_TILE];                                                                   \
+        for (int r = 0; r < R; ++r)                                                                                  \
+            for (int q = 0; q < Q; ++q) acc[r][q] = _mm512_setzero_ps();                                             \
+        int64_t j = 0;                                                                                               \
+        for (; j + 16 <= d; j += 16) {                                                                               \
+            prefetch_step(next);                                                                                     \
+            __m512 x[ROWS_PER_TILE];                                                                                 \
+            for (int r = 0; r < R; ++r) x[r] = z_##KIND(rows, r * d + j);                                            \
+            for (int q = 0; q < Q; ++q) {                                                                            \
+                const __m512 qv = _mm512_loadu_ps(queries + q * query_stride(d) + j);                                              \
+                for (int r = 0; r < R; ++r) acc[r][q] = _mm512_fmadd_ps(x[r], qv, acc[r][q]);                        \
+            }                                                                                                        \
+        }                                                                                                            \
+        if (j < d) {                                                                                                 \
+            const __mmask16 m = (__mmask16)((1u << (d - j)) - 1u);                                                   \
+            __m512 x[ROWS_PER_TILE];                                                                                 \
+            for (int r = 0; r < R; ++r) x[r] = zm_##KIND(m, rows, r * d + j);                                        \
+            for (int q = 0; q < Q; ++q) {                                                                            \
+                const __m512 qv = _mm512_maskz_loadu_ps(m, queries + q * query_stride(d) + j);                                     \
+                for (int r = 0; r < R; ++r) acc[r][q] = _mm512_fmadd_ps(x[r], qv, acc[r][q]);                        \
+            }                                                                                                        \
+        }                                                                                                            \
+        for (int r = 0; r < R; ++r)                                                                                  \
+            for (int q = 0; q < Q; ++q) dots[r * Q + q] = _mm512_reduce_add_ps(acc[r][q]);                           \
+    }                                                                                                                \
+    static AVX512_TARGET void tile_avx512_##KIND(const void *rows, int64_t d, const float *queries, int nr,          \
+                                                 int nq, float *dots, Prefetch *next) {                              \
+        if (nr == ROWS_PER_TILE) {                                                                                   \
+            switch (nq) {                                                                                            \
+                case 1: avx512_##KIND##_rq(rows, d, queries, 4, 1, dots, next); return;                              \
+                case 2: avx512_##KIND##_rq(rows, d, queries, 4, 2, dots, next); return;                              \
+                case 3: avx512_##KIND##_rq(rows, d, queries, 4, 3, dots, next); return;                              \
+                case 4: avx512_##KIND##_rq(rows, d, queries, 4, 4, dots, next); return;                              \
+                case 5: avx512_##KIND##_rq(rows, d, queries, 4, 5, dots, next); return;                              \
+                default: avx512_##KIND##_rq(rows, d, queries, 4, 6, dots, next); return;                             \
+            }                                                                                                        \
+        }                                                                                                            \
+        switch (nq) { /* nr == 1 */                                                                                  \
+            case 1: avx512_##KIND##_rq(rows, d, queries, 1, 1, dots, next); return;                                  \
+            case 2: avx512_##KIND##_rq(rows, d, queries, 1, 2, dots, next); return;                                  \
+            case 3: avx512_##KIND##_rq(rows, d, queries, 1, 3, dots, next); return;                                  \
+            case 4: avx512_##KIND##_rq(rows, d, queries, 1, 4, dots, next); return;                                  \
+            case 5: avx512_##KIND##_rq(rows, d, queries, 1, 5, dots, next); return;                                  \
+            default: avx512_##KIND##_rq(rows, d, queries, 1, 6, dots, next); return;                                 \
+        }                                                                                                            \
+    }
+DEFINE_AVX512_TILE(f32, 4)
+DEFINE_AVX512_TILE(f16, 2)
+DEFINE_AVX512_TILE(i8, 1)
+
+AVX2_TARGET static inline __m256 y_f32(const void *p, int64_t i) { return _mm256_loadu_ps((const float *)p + i); }
+AVX2_TARGET static inline __m256 y_f16(const void *p, int64_t i) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
+}
+AVX2_TARGET static inline __m256 y_i8(const void *p, int64_t i) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)p + i))));
+}
+AVX2_TARGET static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* AVX2: 8 lanes, 16 ymm registers: 3 rows x 4 queries = 12 accumulators. */
+#define DEFINE_YMM_TILE(NAME, TARGET, KIND, CODE, ESZ, RT)                                                           \
+    static inline __attribute__((always_inline)) TARGET void NAME##_rq(                                              \
+        const void *rows, int64_t d, const float *queries, const int R, const int Q, float *dots,                    \
+        Prefetch *next) {                                                                                            \
+        __m256 acc[ROWS_PER_TILE][MAX_QUERY_TILE];                                                                   \
+        for (int r = 0; r < R; ++r)                                                                                  \
+            for (int q = 0; q < Q; ++q) acc[r][q] = _mm256_setzero_ps();                                             \
+        int64_t j = 0;                                                                                               \
+        for (; j + 8 <= d; j += 8) {                                                                                 \
+            prefetch_step(next);                                                                                     \
+            __m256 x[ROWS_PER_TILE];                                                                                 \
+            for (int r = 0; r < R; ++r) x[r] = y_##KIND(rows, r * d + j);                                            \
+            for (int q = 0; q < Q; ++q) {                                                                            \
+                const __m256 qv = _mm256_loadu_ps(queries + q * query_stride(d) + j);                                              \
+                for (int r = 0; r < R; ++r) acc[r][q] = _mm256_fmadd_ps(x[r], qv, acc[r][q]);                        \
+            }                                                                                                        \
+        }                                                                                                            \
+        for (int r = 0; r < R; ++r)                                                                                  \
+            for (int q = 0; q < Q; ++q) {                                                                            \
+                float s = hsum256(acc[r][q]);                                                                        \
+                for (int64_t t = j; t < d; ++t) s += load_code(rows, CODE, r * d + t) * queries[q * query_stride(d) + t];          \
+                dots[r * Q + q] = s;                                                                                 \
+            }                                                                                                        \
+    }                                                                                                                \
+    static TARGET void NAME(const void *rows, int64_t d, const float *queries, int nr, int nq, float *dots,          \
+                            Prefetch *next) { /* nr is RT or 1; nq <= 4 */                                           \
+        const int full = nr == RT;                                                                                   \
+        switch (nq) {                                                                                                \
+            case 1:                                                                                                  \
+                if (full) NAME##_rq(rows, d, queries, RT, 1, dots, next);                                            \
+                else NAME##_rq(rows, d, queries, 1, 1, dots, next);                                                  \
+                return;                                                                                              \
+            case 2:                                                                                                  \
+                if (full) NAME##_rq(rows, d, queries, RT, 2, dots, next);                                            \
+                else NAME##_rq(rows, d, queries, 1, 2, dots, next);                                                  \
+                return;                                                                                              \
+            case 3:                                                                                                  \
+                if (full) NAME##_rq(rows, d, queries, RT, 3, dots, next);                                            \
+                else NAME##_rq(rows, d, queries, 1, 3, dots, next);                                                  \
+                return;                                                                                              \
+            default:                                                                                                 \
+                if (full) NAME##_rq(rows, d, queries, RT, 4, dots, next);                                            \
+                else NAME##_rq(rows, d, queries, 1, 4, dots, next);                                                  \
+                return;                                                                                              \
+        }                                                                                                            \
+    }
+DEFINE_YMM_TILE(tile_avx2_f32, AVX2_TARGET, f32, CODE_F32, 4, 3)
+DEFINE_YMM_TILE(tile_avx2_f16, AVX2_TARGET, f16, CODE_F16, 2, 3)
+DEFINE_YMM_TILE(tile_avx2_i8, AVX2_TARGET, i8, CODE_I8, 1, 3)
+#endif /* VSRT_X86 */
+
+#if defined(__aarch64__)
+/* AArch64 (Jetson): NEON, 4 lanes, 32 registers: 4 rows x 6 queries = 24 accumulators. */
+#include <arm_neon.h>
+
+static inline float32x4_t n_f32(const void *p, int64_t i) { return vld1q_f32((const float *)p + i); }
+static inline float32x4_t n_f16(const void *p, int64_t i) {
+    return vcvt_f32_f16(vld1_f16((const __fp16 *)((const uint16_t *)p + i)));
+}
+static inline float32x4_t n_i8(const void *p, int64_t i) {
+    int32_t four;
+    memcpy(&four, (const int8_t *)p + i, 4);
+    const int16x8_t wide = vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(four)));
+    return vcvtq_f32_s32(vmovl_s16(vget_low_s16(wide)));
+}
+
+#define DEFINE_NEON_TILE(KIND, CODE, ESZ)                                                                            \
+    static inline __attribute__((always_inline)) void neon_##KIND##_rq(                                              \
+        const void *rows, int64_t d, const float *queries, const int R, const int Q, float *dots,                    \
+        Prefetch *next) {                                                                                            \
+        float32x4_t acc[ROWS_PER_TILE][MAX_QUERY_TILE];                                                              \
+        for (int r = 0; r < R; ++r)                                                                                  \
+            for (int q = 0; q < Q; ++q) acc[r][q] = vdupq_n_f32(0.0f);                                               \
+        int64_t j = 0;                                                                                               \
+        for (; j + 4 <= d; j += 4) {                                                                                 \
+            prefetch_step(next);                                                                                     \
+            float32x4_t x[ROWS_PER_TILE];                                                                            \
+            for (int r = 0; r < R; ++r) x[r] = n_##KIND(rows, r * d + j);                                            \
+            for (int q = 0; q < Q; ++q) {                                                                            \
+                const float32x4_t qv = vld1q_f32(queries + q * query_stride(d) + j);                                               \
+                for (int r = 0; r < R; ++r) acc[r][q] = vfmaq_f32(acc[r][q], x[r], qv);                              \
+            }                                                                                                        \
+        }                                                                                                            \
+        for (int r = 0; r < R; ++r)                                                                                  \
+            for (int q = 0; q < Q; ++q) {                                                                            \
+                float s = vaddvq_f32(acc[r][q]);                                                                     \
+                for (int64_t t = j; t < d; ++t) s += load_code(rows, CODE, r * d + t) * queries[q * query_stride(d) + t];          \
+                dots[r * Q + q] = s;                                                                                 \
+            }                                                                                                        \
+    }                                                                                                                \
+    static void tile_neon_##KIND(const void *rows, int64_t d, const float *queries, int nr, int nq,                  \
+                                 float *dots, Prefetch *next) {                                                      \
+        if (nr == ROWS_PER_TILE) {                                                                                   \
+            switch (nq) {                                                                                            \
+                case 1: neon_##KIND##_rq(rows, d, queries, 4, 1, dots, next); return;                                \
+                case 2: neon_##KIND##_rq(rows, d, queries, 4, 2, dots, next); return;                                \
+                case 3: neon_##KIND##_rq(rows, d, queries, 4, 3, dots, next); return;                                \
+                case 4: neon_##KIND##_rq(rows, d, queries, 4, 4, dots, next); return;                                \
+                case 5: neon_##KIND##_rq(rows, d, queries, 4, 5, dots, next); return;                                \
+                default: neon_##KIND##_rq(rows, d, queries, 4, 6, dots, next); return;                               \
+            }                                                                                                        \
+        }                                                                                                            \
+        switch (nq) { /* nr == 1 */                                                                                  \
+            case 1: neon_##KIND##_rq(rows, d, queries, 1, 1, dots, next); return;                                    \
+            case 2: neon_##KIND##_rq(rows, d, queries, 1, 2, dots, next); return;                                    \
+            case 3: neon_##KIND##_rq(rows, d, queries, 1, 3, dots, next); return;                                    \
+            case 4: neon_##KIND##_rq(rows, d, queries, 1, 4, dots, next); return;                                    \
+            case 5: neon_##KIND##_rq(rows, d, queries, 1, 5, dots, next); return;                                    \
+            default: neon_##KIND##_rq(rows, d, queries, 1, 6, dots, next); return;                                   \
+        }                                                                                                            \
+    }
+DEFINE_NEON_TILE(f32, CODE_F32, 4)
+DEFINE_NEON_TILE(f16, CODE_F16, 2)
+DEFINE_NEON_TILE(i8, CODE_I8, 1)
+#endif /* __aarch64__ */
+
+/* ------------------------------------------------------------------------------------------------ ISAs */
+typedef struct {
+    const char *name;
+    TileFn tile[3]; /* by CODE_* */
+    int rows_per_tile;  /* full tiles; the last rows of a block go one at a time */
+    int max_query_tile;
+    int lanes;          /* floats per inner step */
+} Isa;
+
+static const Isa ISA_TABLE_GENERIC = {"generic", {tile_generic_f32, tile_generic_f16, tile_generic_i8}, 4, 4,
+                                      LANES_GENERIC};
+#if defined(__aarch64__)
+static const Isa ISA_TABLE_NEON = {"neon", {tile_neon_f32, tile_neon_f16, tile_neon_i8}, 4, 6, 4};
+#endif
+#if VSRT_X86
+static const Isa ISA_TABLE_AVX2 = {"avx2", {tile_avx2_f32, tile_avx2_f16, tile_avx2_i8}, 3, 4, 8};
+static const Isa ISA_TABLE_AVX512 = {"avx512", {tile_avx512_f32, tile_avx512_f16, tile_avx512_i8}, 4, 6, 16};
+#endif
+
+static int cpu_has(int isa) {
+#if VSRT_X86
+    __builtin_cpu_init();
+    const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    const int avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+    if (isa == ISA_AVX512) return avx512 && __builtin_cpu_supports("avx512bw");
+    if (isa == ISA_AVX2) return avx2;
+#endif
+#if defined(__aarch64__)
+    if (isa == ISA_NEON) return 1; /* Advanced SIMD is part of the AArch64 base */
+#endif
+    return isa == ISA_GENERIC;
+}
+
+static const Isa *isa_table(int isa) {
+    if (isa == ISA_AUTO)
+        isa = cpu_has(ISA_AVX512) ? ISA_AVX512
+              : cpu_has(ISA_AVX2) ? ISA_AVX2
+              : cpu_has(ISA_NEON) ? ISA_NEON
+                                  : ISA_GENERIC;
+    if (!cpu_has(isa)) return NULL;
+#if VSRT_X86
+    if (isa == ISA_AVX512) return &ISA_TABLE_AVX512;
+    if (isa == ISA_AVX2) return &ISA_TABLE_AVX2;
+#endif
+#if defined(__aarch64__)
+    if (isa == ISA_NEON) return &ISA_TABLE_NEON;
+#endif
+    return &ISA_TABLE_GENERIC;
+}
+
+/* ------------------------------------------------------------------------------------------------ scan */
+static void scan_block_packed(const Isa *isa, int kind, const char *codes, int64_t n, int64_t d,
+                              const float *scales, const float *queries, int64_t m, Heap *heaps);
+
+/* Scans n code rows for m queries ([m, d], contiguous) into the heaps. Returns 0 if it could not allocate the
+ * packed copy of the queries (m x query_stride(d) floats), 1 otherwise. */
+static int scan_block(const Isa *isa, int kind, const char *codes, int64_t n, int64_t d, const float *scales,
+                      const float *queries, int64_t m, Heap *heaps) {
+    const int64_t qs = query_stride(d);
+    float *packed = aligned_alloc(64, sizeof(float) * (size_t)(m * qs));
+    if (!packed) return 0;
+    for (int64_t q = 0; q < m; ++q) {
+        memcpy(packed + q * qs, queries + q * d, sizeof(float) * (size_t)d);
+        memset(packed + q * qs + d, 0, sizeof(float) * (size_t)(qs - d));
+    }
+    scan_block_packed(isa, kind, codes, n, d, scales, packed, m, heaps);
+    free(packed);
+    return 1;
+}
+
+static void scan_block_packed(const Isa *isa, int kind, const char *codes, int64_t n, int64_t d,
+                              const float *scales, const float *queries, int64_t m, Heap *heaps) {
+    const size_t row_bytes = (size_t)d * (kind == CODE_F32 ? 4 : (kind == CODE_F16 ? 2 : 1));
+    const TileFn tile = isa->tile[kind];
+    const int rows_per_tile = isa->rows_per_tile;
+    const int64_t tiles = (m + isa->max_query_tile - 1) / isa->max_query_tile;
+    const int64_t tile_bytes = (int64_t)row_bytes * rows_per_tile;
+    float dots[ROWS_PER_TILE * MAX_QUERY_TILE];
+    for (int64_t r0 = 0; r0 < n; r0 += rows_per_tile) {
+        const int nr = (int)(n - r0 < rows_per_tile ? n - r0 : rows_per_tile);
+        int64_t q0 = 0;
+        for (int64_t t = 0; t < tiles; ++t) { /* query tiles of equal size (+-1) */
+            const int nq = (int)(m / tiles + (t < m % tiles));
+            const float *qs = queries + q0 * query_stride(d);
+            if (nr == rows_per_tile) { /* each query tile prefetches its share of the next row tile */
+                const int64_t ahead = r0 + PREFETCH_TILES * rows_per_tile;
+                if (ahead + rows_per_tile <= n) {
+                    const int64_t share = ((tile_bytes + tiles - 1) / tiles + 63) / 64 * 64;
+                    const int64_t lo = t * share < tile_bytes ? t * share : tile_bytes;
+                    const int64_t hi = lo + share < tile_bytes ? lo + share : tile_bytes;
+                    Prefetch pf = prefetch_plan(codes + (size_t)ahead * row_bytes + lo, hi - lo, d / isa->lanes);
+                    tile(codes + (size_t)r0 * row_bytes, d, qs, nr, nq, dots, &pf);
+                } else {
+                    tile(codes + (size_t)r0 * row_bytes, d, qs, nr, nq, dots, NULL);
+                }
+            } else {
+                for (int r = 0; r < nr; ++r)
+                    tile(codes + (size_t)(r0 + r) * row_bytes, d, qs, 1, nq, dots + r * nq, NULL);
+            }
+            for (int r = 0; r < nr; ++r) {
+                const float scale = scales ? scales[r0 + r] : 1.0f;
+                for (int q = 0; q < nq; ++q) {
+                    const float s = scales ? dots[r * nq + q] * scale : dots[r * nq + q];
+                    heap_offer(&heaps[q0 + q], s, r0 + r);
+                }
+            }
+            q0 += nq;
+        }
+    }
+}
+
+
+#endif /* VSRT_SCAN_KERNELS_H */
