@@ -161,13 +161,32 @@ static inline __attribute__((always_inline)) void prefetch_step(Prefetch *pf) {
 typedef void (*TileFn)(const void *rows, int64_t d, const float *queries, int nr, int nq, float *dots,
                        Prefetch *next);
 
+/* The body of a tile function for kernels with 4-row tiles and up to 6 queries: calls FN with R and Q as
+ * compile-time constants (so that FN's accumulators live in registers), for a full tile or a single last row. */
+#define DISPATCH_4_ROWS_6_QUERIES(FN)                                                                                \
+    switch ((nr == 4 ? 8 : 0) + nq) {                                                                                \
+        case 8 + 1: FN(rows, d, queries, 4, 1, dots, next); return;                                                  \
+        case 8 + 2: FN(rows, d, queries, 4, 2, dots, next); return;                                                  \
+        case 8 + 3: FN(rows, d, queries, 4, 3, dots, next); return;                                                  \
+        case 8 + 4: FN(rows, d, queries, 4, 4, dots, next); return;                                                  \
+        case 8 + 5: FN(rows, d, queries, 4, 5, dots, next); return;                                                  \
+        case 8 + 6: FN(rows, d, queries, 4, 6, dots, next); return;                                                  \
+        case 1: FN(rows, d, queries, 1, 1, dots, next); return;                                                      \
+        case 2: FN(rows, d, queries, 1, 2, dots, next); return;                                                      \
+        case 3: FN(rows, d, queries, 1, 3, dots, next); return;                                                      \
+        case 4: FN(rows, d, queries, 1, 4, dots, next); return;                                                      \
+        case 5: FN(rows, d, queries, 1, 5, dots, next); return;                                                      \
+        default: FN(rows, d, queries, 1, 6, dots, next); return;                                                     \
+    }
+
 #define LANES_GENERIC 8
 /* Portable: 8 independent lanes per accumulator, so the compiler can vectorise without reassociating sums. */
-#define DEFINE_GENERIC_TILE(KIND, CODE, ESZ)                                                                         \
+#define DEFINE_GENERIC_TILE(KIND, CODE)                                                                              \
     static void tile_generic_##KIND(const void *rows, int64_t d, const float *queries, int nr, int nq,               \
                                     float *dots, Prefetch *next) {                                                   \
         float acc[ROWS_PER_TILE][MAX_QUERY_TILE][LANES_GENERIC];                                                     \
         memset(acc, 0, sizeof acc);                                                                                  \
+        const int64_t qs = query_stride(d);                                                                          \
         int64_t j = 0;                                                                                               \
         for (; j + LANES_GENERIC <= d; j += LANES_GENERIC) {                                                         \
             prefetch_step(next);                                                                                     \
@@ -175,7 +194,7 @@ typedef void (*TileFn)(const void *rows, int64_t d, const float *queries, int nr
             for (int r = 0; r < nr; ++r)                                                                             \
                 for (int l = 0; l < LANES_GENERIC; ++l) x[r][l] = load_code(rows, CODE, r * d + j + l);              \
             for (int q = 0; q < nq; ++q) {                                                                           \
-                const float *qv = queries + q * query_stride(d) + j;                                                               \
+                const float *qv = queries + q * qs + j;                                                              \
                 for (int r = 0; r < nr; ++r)                                                                         \
                     for (int l = 0; l < LANES_GENERIC; ++l) acc[r][q][l] += x[r][l] * qv[l];                         \
             }                                                                                                        \
@@ -184,90 +203,65 @@ typedef void (*TileFn)(const void *rows, int64_t d, const float *queries, int nr
             for (int q = 0; q < nq; ++q) {                                                                           \
                 float s = 0.0f;                                                                                      \
                 for (int l = 0; l < LANES_GENERIC; ++l) s += acc[r][q][l];                                           \
-                for (int64_t t = j; t < d; ++t) s += load_code(rows, CODE, r * d + t) * queries[q * query_stride(d) + t];          \
+                for (int64_t t = j; t < d; ++t) s += load_code(rows, CODE, r * d + t) * queries[q * qs + t];         \
                 dots[r * nq + q] = s;                                                                                \
             }                                                                                                        \
     }
-DEFINE_GENERIC_TILE(f32, CODE_F32, 4)
-DEFINE_GENERIC_TILE(f16, CODE_F16, 2)
-DEFINE_GENERIC_TILE(i8, CODE_I8, 1)
+DEFINE_GENERIC_TILE(f32, CODE_F32)
+DEFINE_GENERIC_TILE(f16, CODE_F16)
+DEFINE_GENERIC_TILE(i8, CODE_I8)
+
+/* One template for the SIMD kernels: VEC holds LANES floats; R rows x Q queries accumulators, compile-time constants
+ * at each call site (always_inline + a switch), so that they stay in registers; a scalar tail for d % LANES. */
+#define DEFINE_SIMD_TILE_RQ(NAME, TARGET, VEC, LANES, ZERO, LOADX, LOADQ, FMA, HSUM, CODE)                           \
+    static inline __attribute__((always_inline)) TARGET void NAME(const void *rows, int64_t d, const float *queries, \
+                                                                  const int R, const int Q, float *dots,             \
+                                                                  Prefetch *next) {                                  \
+        VEC acc[ROWS_PER_TILE][MAX_QUERY_TILE];                                                                      \
+        for (int r = 0; r < R; ++r)                                                                                  \
+            for (int q = 0; q < Q; ++q) acc[r][q] = ZERO();                                                          \
+        const int64_t qs = query_stride(d);                                                                          \
+        int64_t j = 0;                                                                                               \
+        for (; j + LANES <= d; j += LANES) {                                                                         \
+            prefetch_step(next);                                                                                     \
+            VEC x[ROWS_PER_TILE];                                                                                    \
+            for (int r = 0; r < R; ++r) x[r] = LOADX(rows, r * d + j);                                               \
+            for (int q = 0; q < Q; ++q) {                                                                            \
+                const VEC qv = LOADQ(queries + q * qs + j);                                                          \
+                for (int r = 0; r < R; ++r) acc[r][q] = FMA(x[r], qv, acc[r][q]);                                    \
+            }                                                                                                        \
+        }                                                                                                            \
+        for (int r = 0; r < R; ++r)                                                                                  \
+            for (int q = 0; q < Q; ++q) {                                                                            \
+                float s = HSUM(acc[r][q]);                                                                           \
+                for (int64_t t = j; t < d; ++t) s += load_code(rows, CODE, r * d + t) * queries[q * qs + t];         \
+                dots[r * Q + q] = s;                                                                                 \
+            }                                                                                                        \
+    }
 
 #if VSRT_X86
-/* x86 kernels. R (rows) and Q (queries) are compile-time constants at every call site (always_inline + switch),
- * so the accumulator arrays are held in registers: AVX-512 4 x 6 = 24 zmm, AVX2 3 x 4 = 12 ymm. */
+/* x86 kernels: AVX-512 4 rows x 6 queries = 24 zmm accumulators, AVX2 3 x 4 = 12 ymm. */
 #define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 #define AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
 
 AVX512_TARGET static inline __m512 z_f32(const void *p, int64_t i) { return _mm512_loadu_ps((const float *)p + i); }
-AVX512_TARGET static inline __m512 zm_f32(__mmask16 m, const void *p, int64_t i) {
-    return _mm512_maskz_loadu_ps(m, (const float *)p + i);
-}
 AVX512_TARGET static inline __m512 z_f16(const void *p, int64_t i) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i)));
-}
-AVX512_TARGET static inline __m512 zm_f16(__mmask16 m, const void *p, int64_t i) {
-    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i));
 }
 AVX512_TARGET static inline __m512 z_i8(const void *p, int64_t i) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)p + i))));
 }
-AVX512_TARGET static inline __m512 zm_i8(__mmask16 m, const void *p, int64_t i) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, (const int8_t *)p + i)));
-}
 
-#define DEFINE_AVX512_TILE(KIND, ESZ)                                                                                \
-    static inline __attribute__((always_inline)) AVX512_TARGET void avx512_##KIND##_rq(                              \
-        const void *rows, int64_t d, const float *queries, const int R, const int Q, float *dots,                    \
-        Prefetch *next) {                                                                                            \
-        __m512 acc[ROWS_PER_TILE][MAX_QUERY_TILE];                                                                   \
-        for (int r = 0; r < R; ++r)                                                                                  \
-            for (int q = 0; q < Q; ++q) acc[r][q] = _mm512_setzero_ps();                                             \
-        int64_t j = 0;                                                                                               \
-        for (; j + 16 <= d; j += 16) {                                                                               \
-            prefetch_step(next);                                                                                     \
-            __m512 x[ROWS_PER_TILE];                                                                                 \
-            for (int r = 0; r < R; ++r) x[r] = z_##KIND(rows, r * d + j);                                            \
-            for (int q = 0; q < Q; ++q) {                                                                            \
-                const __m512 qv = _mm512_loadu_ps(queries + q * query_stride(d) + j);                                              \
-                for (int r = 0; r < R; ++r) acc[r][q] = _mm512_fmadd_ps(x[r], qv, acc[r][q]);                        \
-            }                                                                                                        \
-        }                                                                                                            \
-        if (j < d) {                                                                                                 \
-            const __mmask16 m = (__mmask16)((1u << (d - j)) - 1u);                                                   \
-            __m512 x[ROWS_PER_TILE];                                                                                 \
-            for (int r = 0; r < R; ++r) x[r] = zm_##KIND(m, rows, r * d + j);                                        \
-            for (int q = 0; q < Q; ++q) {                                                                            \
-                const __m512 qv = _mm512_maskz_loadu_ps(m, queries + q * query_stride(d) + j);                                     \
-                for (int r = 0; r < R; ++r) acc[r][q] = _mm512_fmadd_ps(x[r], qv, acc[r][q]);                        \
-            }                                                                                                        \
-        }                                                                                                            \
-        for (int r = 0; r < R; ++r)                                                                                  \
-            for (int q = 0; q < Q; ++q) dots[r * Q + q] = _mm512_reduce_add_ps(acc[r][q]);                           \
-    }                                                                                                                \
+#define DEFINE_AVX512_TILE(KIND, CODE)                                                                               \
+    DEFINE_SIMD_TILE_RQ(avx512_##KIND##_rq, AVX512_TARGET, __m512, 16, _mm512_setzero_ps, z_##KIND, _mm512_loadu_ps, \
+                        _mm512_fmadd_ps, _mm512_reduce_add_ps, CODE)                                                 \
     static AVX512_TARGET void tile_avx512_##KIND(const void *rows, int64_t d, const float *queries, int nr,          \
                                                  int nq, float *dots, Prefetch *next) {                              \
-        if (nr == ROWS_PER_TILE) {                                                                                   \
-            switch (nq) {                                                                                            \
-                case 1: avx512_##KIND##_rq(rows, d, queries, 4, 1, dots, next); return;                              \
-                case 2: avx512_##KIND##_rq(rows, d, queries, 4, 2, dots, next); return;                              \
-                case 3: avx512_##KIND##_rq(rows, d, queries, 4, 3, dots, next); return;                              \
-                case 4: avx512_##KIND##_rq(rows, d, queries, 4, 4, dots, next); return;                              \
-                case 5: avx512_##KIND##_rq(rows, d, queries, 4, 5, dots, next); return;                              \
-                default: avx512_##KIND##_rq(rows, d, queries, 4, 6, dots, next); return;                             \
-            }                                                                                                        \
-        }                                                                                                            \
-        switch (nq) { /* nr == 1 */                                                                                  \
-            case 1: avx512_##KIND##_rq(rows, d, queries, 1, 1, dots, next); return;                                  \
-            case 2: avx512_##KIND##_rq(rows, d, queries, 1, 2, dots, next); return;                                  \
-            case 3: avx512_##KIND##_rq(rows, d, queries, 1, 3, dots, next); return;                                  \
-            case 4: avx512_##KIND##_rq(rows, d, queries, 1, 4, dots, next); return;                                  \
-            case 5: avx512_##KIND##_rq(rows, d, queries, 1, 5, dots, next); return;                                  \
-            default: avx512_##KIND##_rq(rows, d, queries, 1, 6, dots, next); return;                                 \
-        }                                                                                                            \
+        DISPATCH_4_ROWS_6_QUERIES(avx512_##KIND##_rq)                                                                \
     }
-DEFINE_AVX512_TILE(f32, 4)
-DEFINE_AVX512_TILE(f16, 2)
-DEFINE_AVX512_TILE(i8, 1)
+DEFINE_AVX512_TILE(f32, CODE_F32)
+DEFINE_AVX512_TILE(f16, CODE_F16)
+DEFINE_AVX512_TILE(i8, CODE_I8)
 
 AVX2_TARGET static inline __m256 y_f32(const void *p, int64_t i) { return _mm256_loadu_ps((const float *)p + i); }
 AVX2_TARGET static inline __m256 y_f16(const void *p, int64_t i) {
@@ -283,56 +277,25 @@ AVX2_TARGET static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* AVX2: 8 lanes, 16 ymm registers: 3 rows x 4 queries = 12 accumulators. */
-#define DEFINE_YMM_TILE(NAME, TARGET, KIND, CODE, ESZ, RT)                                                           \
-    static inline __attribute__((always_inline)) TARGET void NAME##_rq(                                              \
-        const void *rows, int64_t d, const float *queries, const int R, const int Q, float *dots,                    \
-        Prefetch *next) {                                                                                            \
-        __m256 acc[ROWS_PER_TILE][MAX_QUERY_TILE];                                                                   \
-        for (int r = 0; r < R; ++r)                                                                                  \
-            for (int q = 0; q < Q; ++q) acc[r][q] = _mm256_setzero_ps();                                             \
-        int64_t j = 0;                                                                                               \
-        for (; j + 8 <= d; j += 8) {                                                                                 \
-            prefetch_step(next);                                                                                     \
-            __m256 x[ROWS_PER_TILE];                                                                                 \
-            for (int r = 0; r < R; ++r) x[r] = y_##KIND(rows, r * d + j);                                            \
-            for (int q = 0; q < Q; ++q) {                                                                            \
-                const __m256 qv = _mm256_loadu_ps(queries + q * query_stride(d) + j);                                              \
-                for (int r = 0; r < R; ++r) acc[r][q] = _mm256_fmadd_ps(x[r], qv, acc[r][q]);                        \
-            }                                                                                                        \
-        }                                                                                                            \
-        for (int r = 0; r < R; ++r)                                                                                  \
-            for (int q = 0; q < Q; ++q) {                                                                            \
-                float s = hsum256(acc[r][q]);                                                                        \
-                for (int64_t t = j; t < d; ++t) s += load_code(rows, CODE, r * d + t) * queries[q * query_stride(d) + t];          \
-                dots[r * Q + q] = s;                                                                                 \
-            }                                                                                                        \
-    }                                                                                                                \
-    static TARGET void NAME(const void *rows, int64_t d, const float *queries, int nr, int nq, float *dots,          \
-                            Prefetch *next) { /* nr is RT or 1; nq <= 4 */                                           \
-        const int full = nr == RT;                                                                                   \
-        switch (nq) {                                                                                                \
-            case 1:                                                                                                  \
-                if (full) NAME##_rq(rows, d, queries, RT, 1, dots, next);                                            \
-                else NAME##_rq(rows, d, queries, 1, 1, dots, next);                                                  \
-                return;                                                                                              \
-            case 2:                                                                                                  \
-                if (full) NAME##_rq(rows, d, queries, RT, 2, dots, next);                                            \
-                else NAME##_rq(rows, d, queries, 1, 2, dots, next);                                                  \
-                return;                                                                                              \
-            case 3:                                                                                                  \
-                if (full) NAME##_rq(rows, d, queries, RT, 3, dots, next);                                            \
-                else NAME##_rq(rows, d, queries, 1, 3, dots, next);                                                  \
-                return;                                                                                              \
-            default:                                                                                                 \
-                if (full) NAME##_rq(rows, d, queries, RT, 4, dots, next);                                            \
-                else NAME##_rq(rows, d, queries, 1, 4, dots, next);                                                  \
-                return;                                                                                              \
+#define DEFINE_AVX2_TILE(KIND, CODE)                                                                                 \
+    DEFINE_SIMD_TILE_RQ(avx2_##KIND##_rq, AVX2_TARGET, __m256, 8, _mm256_setzero_ps, y_##KIND, _mm256_loadu_ps,      \
+                        _mm256_fmadd_ps, hsum256, CODE)                                                              \
+    static AVX2_TARGET void tile_avx2_##KIND(const void *rows, int64_t d, const float *queries, int nr, int nq,      \
+                                           float *dots, Prefetch *next) { /* nr is 3 or 1; nq <= 4 */                \
+        switch ((nr == 3 ? 8 : 0) + nq) {                                                                            \
+            case 8 + 1: avx2_##KIND##_rq(rows, d, queries, 3, 1, dots, next); return;                                \
+            case 8 + 2: avx2_##KIND##_rq(rows, d, queries, 3, 2, dots, next); return;                                \
+            case 8 + 3: avx2_##KIND##_rq(rows, d, queries, 3, 3, dots, next); return;                                \
+            case 8 + 4: avx2_##KIND##_rq(rows, d, queries, 3, 4, dots, next); return;                                \
+            case 1: avx2_##KIND##_rq(rows, d, queries, 1, 1, dots, next); return;                                    \
+            case 2: avx2_##KIND##_rq(rows, d, queries, 1, 2, dots, next); return;                                    \
+            case 3: avx2_##KIND##_rq(rows, d, queries, 1, 3, dots, next); return;                                    \
+            default: avx2_##KIND##_rq(rows, d, queries, 1, 4, dots, next); return;                                   \
         }                                                                                                            \
     }
-DEFINE_YMM_TILE(tile_avx2_f32, AVX2_TARGET, f32, CODE_F32, 4, 3)
-DEFINE_YMM_TILE(tile_avx2_f16, AVX2_TARGET, f16, CODE_F16, 2, 3)
-DEFINE_YMM_TILE(tile_avx2_i8, AVX2_TARGET, i8, CODE_I8, 1, 3)
+DEFINE_AVX2_TILE(f32, CODE_F32)
+DEFINE_AVX2_TILE(f16, CODE_F16)
+DEFINE_AVX2_TILE(i8, CODE_I8)
 #endif /* VSRT_X86 */
 
 #if defined(__aarch64__)
@@ -350,54 +313,18 @@ static inline float32x4_t n_i8(const void *p, int64_t i) {
     return vcvtq_f32_s32(vmovl_s16(vget_low_s16(wide)));
 }
 
-#define DEFINE_NEON_TILE(KIND, CODE, ESZ)                                                                            \
-    static inline __attribute__((always_inline)) void neon_##KIND##_rq(                                              \
-        const void *rows, int64_t d, const float *queries, const int R, const int Q, float *dots,                    \
-        Prefetch *next) {                                                                                            \
-        float32x4_t acc[ROWS_PER_TILE][MAX_QUERY_TILE];                                                              \
-        for (int r = 0; r < R; ++r)                                                                                  \
-            for (int q = 0; q < Q; ++q) acc[r][q] = vdupq_n_f32(0.0f);                                               \
-        int64_t j = 0;                                                                                               \
-        for (; j + 4 <= d; j += 4) {                                                                                 \
-            prefetch_step(next);                                                                                     \
-            float32x4_t x[ROWS_PER_TILE];                                                                            \
-            for (int r = 0; r < R; ++r) x[r] = n_##KIND(rows, r * d + j);                                            \
-            for (int q = 0; q < Q; ++q) {                                                                            \
-                const float32x4_t qv = vld1q_f32(queries + q * query_stride(d) + j);                                               \
-                for (int r = 0; r < R; ++r) acc[r][q] = vfmaq_f32(acc[r][q], x[r], qv);                              \
-            }                                                                                                        \
-        }                                                                                                            \
-        for (int r = 0; r < R; ++r)                                                                                  \
-            for (int q = 0; q < Q; ++q) {                                                                            \
-                float s = vaddvq_f32(acc[r][q]);                                                                     \
-                for (int64_t t = j; t < d; ++t) s += load_code(rows, CODE, r * d + t) * queries[q * query_stride(d) + t];          \
-                dots[r * Q + q] = s;                                                                                 \
-            }                                                                                                        \
-    }                                                                                                                \
+static inline float32x4_t n_zero(void) { return vdupq_n_f32(0.0f); }
+static inline float32x4_t n_fma(float32x4_t a, float32x4_t b, float32x4_t c) { return vfmaq_f32(c, a, b); }
+
+#define DEFINE_NEON_TILE(KIND, CODE)                                                                                 \
+    DEFINE_SIMD_TILE_RQ(neon_##KIND##_rq, , float32x4_t, 4, n_zero, n_##KIND, vld1q_f32, n_fma, vaddvq_f32, CODE)    \
     static void tile_neon_##KIND(const void *rows, int64_t d, const float *queries, int nr, int nq,                  \
                                  float *dots, Prefetch *next) {                                                      \
-        if (nr == ROWS_PER_TILE) {                                                                                   \
-            switch (nq) {                                                                                            \
-                case 1: neon_##KIND##_rq(rows, d, queries, 4, 1, dots, next); return;                                \
-                case 2: neon_##KIND##_rq(rows, d, queries, 4, 2, dots, next); return;                                \
-                case 3: neon_##KIND##_rq(rows, d, queries, 4, 3, dots, next); return;                                \
-                case 4: neon_##KIND##_rq(rows, d, queries, 4, 4, dots, next); return;                                \
-                case 5: neon_##KIND##_rq(rows, d, queries, 4, 5, dots, next); return;                                \
-                default: neon_##KIND##_rq(rows, d, queries, 4, 6, dots, next); return;                               \
-            }                                                                                                        \
-        }                                                                                                            \
-        switch (nq) { /* nr == 1 */                                                                                  \
-            case 1: neon_##KIND##_rq(rows, d, queries, 1, 1, dots, next); return;                                    \
-            case 2: neon_##KIND##_rq(rows, d, queries, 1, 2, dots, next); return;                                    \
-            case 3: neon_##KIND##_rq(rows, d, queries, 1, 3, dots, next); return;                                    \
-            case 4: neon_##KIND##_rq(rows, d, queries, 1, 4, dots, next); return;                                    \
-            case 5: neon_##KIND##_rq(rows, d, queries, 1, 5, dots, next); return;                                    \
-            default: neon_##KIND##_rq(rows, d, queries, 1, 6, dots, next); return;                                   \
-        }                                                                                                            \
+        DISPATCH_4_ROWS_6_QUERIES(neon_##KIND##_rq)                                                                  \
     }
-DEFINE_NEON_TILE(f32, CODE_F32, 4)
-DEFINE_NEON_TILE(f16, CODE_F16, 2)
-DEFINE_NEON_TILE(i8, CODE_I8, 1)
+DEFINE_NEON_TILE(f32, CODE_F32)
+DEFINE_NEON_TILE(f16, CODE_F16)
+DEFINE_NEON_TILE(i8, CODE_I8)
 #endif /* __aarch64__ */
 
 /* ------------------------------------------------------------------------------------------------ ISAs */
