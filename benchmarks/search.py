@@ -391,6 +391,10 @@ def plot(rows: list[dict[str, Any]], path: Path, bw: float) -> None:
                    if r["n"] == n and r["storage"] == storage and "bandwidth_limit_ms" in r]
             if lim:
                 ax.axhline(lim[0], color="k", linestyle=ls, linewidth=1, label=f"bandwidth limit {storage}")
+        comp = sorted({(r["batch"], r["compute_limit_ms"]) for r in rows if r["n"] == n and "compute_limit_ms" in r})
+        if comp:
+            ax.plot([b for b, _ in comp], [c for _, c in comp], color="0.5", linestyle="--", linewidth=1,
+                    label="compute limit (GEMM peak)")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("queries per batch")
