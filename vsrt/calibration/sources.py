@@ -34,6 +34,7 @@ import numpy as np
 
 from vsrt.errors import InputError
 from vsrt.manifest import TensorSpec
+from vsrt.runtime.backends.base import FixedSpecs
 
 #: image file suffixes :class:`ImageFolderSource` reads
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -503,7 +504,7 @@ class StageDataError(InputError):
     message names the stage and the option that gives it data."""
 
 
-class _CaptureBackend:
+class _CaptureBackend(FixedSpecs):
     """Stands in for a stage's backend: keeps the feeds it is given and returns zeros of its output shapes.
 
     Lets a source record exactly what runtime code feeds a stage without running that stage.
@@ -513,14 +514,6 @@ class _CaptureBackend:
         self._inputs, self._outputs = list(inputs), list(outputs)
         self.calls: list[Feeds] = []
         self.name = "capture"
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
 
     def run(self, feeds: Feeds) -> Feeds:
         self.calls.append(dict(feeds))

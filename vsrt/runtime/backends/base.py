@@ -34,6 +34,22 @@ class Backend(Protocol):
         ...
 
 
+class FixedSpecs:
+    """``inputs`` / ``outputs`` for a backend whose tensor specs are fixed when it is built (``_inputs``,
+    ``_outputs``)."""
+
+    _inputs: list[TensorSpec]
+    _outputs: list[TensorSpec]
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
+
+
 def check_feeds(stage: str, specs: list[TensorSpec], feeds: dict[str, np.ndarray]) -> None:
     """Raise a clear :class:`InputError` when ``feeds`` do not fit ``specs`` (names, rank, fixed dims)."""
     from vsrt.errors import InputError

@@ -10,7 +10,7 @@ import numpy as np
 
 from vsrt.errors import BackendUnavailableError, InputError
 from vsrt.manifest import TensorSpec
-from vsrt.runtime.backends.base import check_feeds
+from vsrt.runtime.backends.base import FixedSpecs, check_feeds
 
 _ORT_TYPES = {
     "tensor(float)": "float32",
@@ -115,7 +115,7 @@ def resolve_providers(
     return out
 
 
-class OrtBackend:
+class OrtBackend(FixedSpecs):
     """Runs one ONNX file with ONNX Runtime.
 
     Args:
@@ -164,14 +164,6 @@ class OrtBackend:
     def _spec(arg: Any) -> TensorSpec:
         shape = [d if isinstance(d, int) else (d or "?") for d in arg.shape]
         return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, arg.type), shape)
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
 
     @property
     def providers(self) -> list[str]:

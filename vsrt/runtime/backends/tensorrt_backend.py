@@ -26,7 +26,7 @@ import numpy as np
 
 from vsrt.errors import BackendUnavailableError, EngineMismatchError, InputError, ManifestError, VsrtError
 from vsrt.manifest import Manifest, TensorSpec
-from vsrt.runtime.backends.base import check_feeds
+from vsrt.runtime.backends.base import FixedSpecs, check_feeds
 
 #: TensorRT Python modules, preferred first
 TRT_MODULES = ("tensorrt", "tensorrt_rtx")
@@ -272,7 +272,7 @@ def is_available() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------- backend
-class TensorRTBackend:
+class TensorRTBackend(FixedSpecs):
     """Runs one stage's TensorRT engine (see the module docstring).
 
     Prefer :meth:`from_model_dir`, which picks and checks the engine from the manifest.
@@ -405,14 +405,6 @@ class TensorRTBackend:
         raise errors[0]
 
     # -------------------------------------------------------------- Backend protocol
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
-
     def _check_profile(self, name: str, shape: tuple[int, ...]) -> None:
         lo, _, hi = self.profile[name]
         if len(shape) != len(lo) or any(s < a or s > b for s, a, b in zip(shape, lo, hi)):
