@@ -229,7 +229,9 @@ def diagnose(probe: Probe | None = None) -> list[Check]:
                             "without it)", "pip install faiss-cpu (faiss-gpu on x86-64 CUDA servers)"))
     scan = probe.module("vsrt.runtime._scan")
     if scan is not None:
-        isas = [n for i, n in ((3, "avx512"), (2, "avx2"), (4, "neon"), (1, "generic")) if scan.isa(i)]
+        from vsrt.runtime.search import available_isas
+
+        isas = available_isas(scan)
         checks.append(Check("search-kernel", "ok", f"native fused scan kernel built; runs '{scan.isa(0)}' here "
                             f"(available: {', '.join(isas)})", data={"isa": scan.isa(0), "isas": isas}))
     else:

@@ -184,6 +184,15 @@ class NumpyKernel:
         return np.take_along_axis(s, idx, axis=0), idx.astype(np.int64)
 
 
+#: the CPU kernels of :mod:`vsrt.runtime._scan` by name, best first, with the ids its ``isa`` argument takes
+SCAN_ISAS = {"avx512": 3, "avx2": 2, "neon": 4, "generic": 1}
+
+
+def available_isas(scan: Any) -> list[str]:
+    """The CPU kernels the built module ``scan`` can run on this machine, best first."""
+    return [name for name, i in SCAN_ISAS.items() if scan.isa(i)]
+
+
 class NativeKernel:
     """The fused scan of :mod:`vsrt.runtime._scan` (see module docstring): decode, FMA and top-k in one pass.
 
@@ -193,7 +202,7 @@ class NativeKernel:
 
     name = "native"
     _CODES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.int8): 2}
-    _ISAS = {"auto": 0, "generic": 1, "avx2": 2, "avx512": 3, "neon": 4}
+    _ISAS = {"auto": 0, **SCAN_ISAS}
 
     def __init__(self, isa: str | None = None) -> None:
         self._scan = _native_module()
@@ -205,8 +214,8 @@ class NativeKernel:
         self._isa = self._ISAS[isa]
         self.isa = self._scan.isa(self._isa)
         if self.isa is None:
-            raise BackendUnavailableError(f"this CPU cannot run the '{isa}' search kernel (choose from: "
-                                          f"{', '.join(n for n, i in self._ISAS.items() if self._scan.isa(i))})")
+            raise BackendUnavailableError(f"this CPU cannot run the '{isa}' search kernel (choose from: auto, "
+                                          f"{', '.join(available_isas(self._scan))})")
 
     @staticmethod
     def prepare(queries: np.ndarray) -> np.ndarray:
@@ -248,8 +257,7 @@ def native_kernel_info() -> dict[str, Any]:
     mod = _native_module()
     if mod is None:
         return {"available": False, "error": _NATIVE_ERROR}
-    names = {"generic": 1, "avx2": 2, "avx512": 3, "neon": 4}
-    return {"available": True, "isa": mod.isa(0), "isas": [n for n, i in names.items() if mod.isa(i)]}
+    return {"available": True, "isa": mod.isa(0), "isas": available_isas(mod)}
 
 
 #: FP32 galleries from this many queries per batch on go to ONNX Runtime: with no conversion to fuse, MLAS's GEMM
