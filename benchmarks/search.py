@@ -77,6 +77,15 @@ def _best(fn, repeats: int) -> dict[str, Any]:
     return {"min_ms": float(np.min(times)), "median_ms": float(np.median(times)), "repeats": repeats, "result": out}
 
 
+def _stream_sum() -> Any | None:
+    """The native module's ``stream_sum`` read probe, or ``None`` where the kernel is not built."""
+    try:
+        from vsrt.runtime import _scan
+    except ImportError:
+        return None
+    return _scan.stream_sum
+
+
 def read_bandwidth(gib: float = 1.0) -> dict[str, float]:
     """Read bandwidth (GB/s) of a ``gib`` GiB array, 1 and 2 threads, best of 5: numpy's uint64 sum, and where the
     native kernel is built its ``stream_sum`` probe (four streams a page apart with software prefetch, the way the
@@ -84,12 +93,8 @@ def read_bandwidth(gib: float = 1.0) -> dict[str, float]:
     a = np.ones(int(gib * 2**30) // 8, np.uint64)
     h = len(a) // 2
     readers = {"numpy_sum": lambda x: x.sum()}
-    try:
-        from vsrt.runtime import _scan
-
-        readers["stream_sum"] = _scan.stream_sum
-    except ImportError:
-        pass
+    if (stream_sum := _stream_sum()) is not None:
+        readers["stream_sum"] = stream_sum
     out = {}
     with ThreadPoolExecutor(2) as pool:
         for name, read in readers.items():
@@ -139,12 +144,7 @@ class Probes:
 
     def __init__(self) -> None:
         self.a = np.ones(2**30 // 8, np.uint64)
-        try:
-            from vsrt.runtime import _scan
-
-            self.read = _scan.stream_sum
-        except ImportError:
-            self.read = lambda x: x.sum()
+        self.read = _stream_sum() or (lambda x: x.sum())
         self.pool = ThreadPoolExecutor(2)
         # measured: with ONNX Runtime's default spinning, the run after a probe was 30 % slower
         self.sess, self.feeds = _gemm_session(spinning=False)

@@ -133,9 +133,8 @@ def test_threads_scan_in_parallel_with_the_same_result() -> None:
     assert all(np.array_equal(o[1], outs[0][1]) for o in outs)
 
 
+@needs_native
 def test_unknown_isa_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not INFO["available"]:
-        pytest.skip(f"native kernel not built: {INFO.get('error')}")
     from vsrt.errors import InputError
 
     monkeypatch.setenv("VSRT_SCAN_ISA", "sse9")

@@ -253,7 +253,8 @@ def _native_module() -> Any | None:
 
 
 def native_kernel_info() -> dict[str, Any]:
-    """Whether the native scan kernel is built, and which CPU kernel it runs here (for ``vsrt doctor``)."""
+    """Whether the native scan kernel is built, which CPU kernel it runs here and which it can run (the tests' skip
+    reasons and the search benchmark's metadata; ``vsrt doctor`` reports the same through its probe)."""
     mod = _native_module()
     if mod is None:
         return {"available": False, "error": _NATIVE_ERROR}
