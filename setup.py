@@ -2,8 +2,8 @@
 
 Everything else is declared in ``pyproject.toml``. The extension is optional: where no C compiler is available the
 install still succeeds and search falls back to the ONNX Runtime kernel (``vsrt doctor`` says which is in use).
-After editing ``vsrt/runtime/_scan.c`` or ``_scan_kernels.h`` in an editable checkout, rebuild it in place:
-``pip install -e .`` (or ``python setup.py build_ext --inplace``).
+After editing ``vsrt/runtime/_scan.c``, ``_scan_kernels.h`` or ``_scan_fp16.h`` in an editable checkout, rebuild it
+in place: ``pip install -e .`` (or ``python setup.py build_ext --inplace``).
 """
 
 from setuptools import Extension, setup
@@ -25,7 +25,7 @@ setup(
         Extension(
             "vsrt.runtime._scan",
             sources=["vsrt/runtime/_scan.c"],
-            depends=["vsrt/runtime/_scan_kernels.h"],
+            depends=["vsrt/runtime/_scan_kernels.h", "vsrt/runtime/_scan_fp16.h"],
             optional=True,
         )
     ],

@@ -24,7 +24,7 @@ def test_native_kernel_is_built_where_a_compiler_exists() -> None:
     assert INFO["available"], INFO.get("error")
     assert "generic" in INFO["isas"] and INFO["isa"] in INFO["isas"]
     if sys.platform.startswith("linux") and "avx2" in Path("/proc/cpuinfo").read_text():
-        assert INFO["isa"] in ("avx2", "avx512")  # an x86 SIMD kernel, not the portable fallback
+        assert INFO["isa"] in ("avx2", "avx512", "avx512fp16")  # an x86 SIMD kernel, not the portable fallback
 
 
 def _codes(rng: np.random.Generator, n: int, d: int, dtype: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
@@ -91,6 +91,69 @@ def test_ties_keep_the_lower_index(isa: str) -> None:
     codes[[5, 17]] = 2.0
     s, i = NativeKernel(isa)(codes, None, np.ones((3, 19), np.float32), 6)
     assert i.T.tolist() == [[5, 17, 0, 1, 2, 3]] * 3
+
+
+def _fp16_case(rng: np.random.Generator, trial: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """FP16 codes, queries and k for one case of the AVX512-FP16 equality test: random shapes (d with and without
+    a tail of 32), and every 8th case each of the inputs where the FP16 filter is close to its error bound or
+    overflows."""
+    n, d = int(rng.integers(1, 400)), int(rng.choice([1, 7, 31, 32, 33, 100, 255, 256, 257, 500, 2048]))
+    m, k = int(rng.integers(2, 20)), int(rng.integers(1, 40))
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    q = rng.standard_normal((m, d)).astype(np.float32)
+    mode = trial % 8
+    if mode == 1:  # every row equal: ties everywhere
+        x[:] = x[0]
+    elif mode == 2:  # near duplicates: scores within the filter's error of each other
+        x[rng.random(n) < 0.5] = x[0] + 1e-3 * rng.standard_normal(d)
+    elif mode == 3:  # norms from 1e-6 (FP16 subnormals) to 1e2; queries from 1e-20 to 1e20
+        x *= 10.0 ** rng.integers(-6, 3, (n, 1))
+        q *= 10.0 ** rng.integers(-20, 21, (m, 1))
+    elif mode == 4:  # a zero query and a tiny one
+        q[0] = 0.0
+        q[-1] *= 1e-30
+    elif mode == 5:  # unit rows, as galleries hold them
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    elif mode == 6:  # values whose FP16 products and norms overflow: every row goes to the exact re-score
+        x *= 300.0
+    elif mode == 7:  # NaN or infinity in some codes
+        x[rng.random((n, d)) < 0.01] = np.inf if trial % 16 == 7 else np.nan
+    return x.astype(np.float16), q, k
+
+
+@pytest.mark.skipif("avx512fp16" not in ISAS, reason="this CPU has no AVX512-FP16 (or the kernel is not built)")
+def test_avx512fp16_equals_avx512_bit_for_bit() -> None:
+    """The FP16 filter plus exact re-score gives the AVX-512 kernel's scores and indices exactly, bound included."""
+    fp16, avx512 = NativeKernel("avx512fp16"), NativeKernel("avx512")
+    rng = np.random.default_rng(11)
+    for trial in range(160):
+        codes, q, k = _fp16_case(rng, trial)
+        a, b = fp16(codes, None, q, k), avx512(codes, None, q, k)
+        assert np.array_equal(a[1], b[1]), trial
+        assert np.array_equal(a[0], b[0], equal_nan=True), trial
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+def test_floors_only_leave_out_rows_below_them(isa: str) -> None:
+    """With floors, every row scoring at or above its query's floor is still in the result, in the same place;
+    the places of rows left out hold score -inf and index -1."""
+    kernel = NativeKernel(isa)
+    rng = np.random.default_rng(12)
+    codes = rng.standard_normal((3000, 96)).astype(np.float16)
+    q = rng.standard_normal((6, 96)).astype(np.float32)
+    full_s, full_i = kernel(codes, None, q, 20)
+    floors = full_s[[2, 5, 9, 12, 19, 0], np.arange(6)]  # the 3rd, 6th, … best score of each query
+    floors[5] = np.float32(-np.inf)  # no floor for the last query
+    s, i = kernel(codes, None, q, 20, floors)
+    assert s.shape == i.shape == (20, 6)
+    for j in range(6):
+        keep = full_s[:, j] >= floors[j]
+        assert np.array_equal(s[keep, j], full_s[keep, j]) and np.array_equal(i[keep, j], full_i[keep, j])
+        rest = ~keep
+        assert np.all((i[rest, j] == -1) == (s[rest, j] == -np.inf))
+        assert np.all(s[rest, j] < floors[j])
+    assert np.array_equal(i[:, 5], full_i[:, 5])
 
 
 @needs_native

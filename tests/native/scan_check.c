@@ -33,7 +33,7 @@ static int run_topk(const Isa *isa, int kind, const void *codes, int64_t n, int6
     int64_t *hi = malloc(sizeof(int64_t) * (size_t)(m * kk));
     Heap *heaps = malloc(sizeof(Heap) * (size_t)m);
     for (int64_t j = 0; j < m; ++j) heaps[j] = (Heap){hs + j * kk, hi + j * kk, 0, kk};
-    if (!scan_block(isa, kind, codes, n, d, scales, q, m, heaps)) {
+    if (!scan_block(isa, kind, codes, n, d, scales, q, m, NULL, heaps)) {
         printf("out of memory\n");
         exit(1);
     }

@@ -15,6 +15,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <math.h>
+
 #include "_scan_kernels.h"
 
 /* ------------------------------------------------------------------------------------------------ Python */
@@ -27,23 +29,26 @@ static int need(Py_buffer *b, Py_ssize_t bytes, const char *what) {
 }
 
 PyDoc_STRVAR(topk_doc,
-             "topk(codes, kind, n, d, scales, queries, m, k, out_scores, out_indices, isa=0) -> int\n\n"
+             "topk(codes, kind, n, d, scales, queries, m, k, out_scores, out_indices, isa=0, floors=None) -> int\n\n"
              "Exact top-k inner products of m float32 queries [m, d] over n C-contiguous code rows [n, d]\n"
              "(kind 0 float32, 1 float16, 2 int8; scales: float32 [n] or None). Writes best-first scores\n"
              "[m, k] and row indices [m, k] (int64) and returns min(k, n). isa: 0 auto, 1 generic, 2 avx2,\n"
-             "3 avx512, 4 neon. Releases the GIL.");
+             "3 avx512, 4 neon, 5 avx512fp16. floors: float32 [m] or None; rows scoring below floors[q] may be\n"
+             "left out of query q's result, whose missing entries are then score -inf and index -1 (pass a\n"
+             "lower bound on each query's final k-th best score, from blocks already scanned). Releases the GIL.");
 
 static PyObject *py_topk(PyObject *self, PyObject *args) {
     (void)self;
-    Py_buffer codes = {0}, queries = {0}, out_s = {0}, out_i = {0}, scales = {0};
-    PyObject *scales_obj = NULL, *result = NULL;
+    Py_buffer codes = {0}, queries = {0}, out_s = {0}, out_i = {0}, scales = {0}, floors = {0};
+    PyObject *scales_obj = NULL, *floors_obj = Py_None, *result = NULL;
     int kind = 0, isa_id = ISA_AUTO;
     Py_ssize_t n = 0, d = 0, m = 0, k = 0;
-    if (!PyArg_ParseTuple(args, "y*innOy*nnw*w*|i", &codes, &kind, &n, &d, &scales_obj, &queries, &m, &k, &out_s,
-                          &out_i, &isa_id))
+    if (!PyArg_ParseTuple(args, "y*innOy*nnw*w*|iO", &codes, &kind, &n, &d, &scales_obj, &queries, &m, &k, &out_s,
+                          &out_i, &isa_id, &floors_obj))
         return NULL;
-    const int have_scales = scales_obj != Py_None;
+    const int have_scales = scales_obj != Py_None, have_floors = floors_obj != Py_None;
     if (have_scales && PyObject_GetBuffer(scales_obj, &scales, PyBUF_SIMPLE) < 0) goto done;
+    if (have_floors && PyObject_GetBuffer(floors_obj, &floors, PyBUF_SIMPLE) < 0) goto done;
     if (kind < CODE_F32 || kind > CODE_I8 || n < 0 || d < 1 || m < 1 || k < 1) {
         PyErr_SetString(PyExc_ValueError, "_scan.topk: bad kind, n, d, m or k");
         goto done;
@@ -57,7 +62,7 @@ static PyObject *py_topk(PyObject *self, PyObject *args) {
     const Py_ssize_t kk = k < n ? k : n;
     if (!need(&codes, n * d * esz, "codes") || !need(&queries, m * d * 4, "queries") ||
         !need(&out_s, m * k * 4, "out_scores") || !need(&out_i, m * k * 8, "out_indices") ||
-        (have_scales && !need(&scales, n * 4, "scales")))
+        (have_scales && !need(&scales, n * 4, "scales")) || (have_floors && !need(&floors, m * 4, "floors")))
         goto done;
     float *hs = malloc(sizeof(float) * (size_t)(m * (kk ? kk : 1)));
     int64_t *hi = malloc(sizeof(int64_t) * (size_t)(m * (kk ? kk : 1)));
@@ -74,10 +79,19 @@ static PyObject *py_topk(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     if (kk > 0)
         scanned = scan_block(isa, kind, (const char *)codes.buf, n, d,
-                             have_scales ? (const float *)scales.buf : NULL, (const float *)queries.buf, m, heaps);
+                             have_scales ? (const float *)scales.buf : NULL, (const float *)queries.buf, m,
+                             have_floors ? (const float *)floors.buf : NULL, heaps);
     if (scanned)
-        for (Py_ssize_t q = 0; q < m; ++q) /* row q of the outputs is k wide */
-            heap_drain_sorted(&heaps[q], (float *)out_s.buf + q * k, (int64_t *)out_i.buf + q * k);
+        for (Py_ssize_t q = 0; q < m; ++q) { /* row q of the outputs is k wide */
+            float *os = (float *)out_s.buf + q * k;
+            int64_t *oi = (int64_t *)out_i.buf + q * k;
+            const int64_t kept = heaps[q].size;
+            heap_drain_sorted(&heaps[q], os, oi);
+            for (int64_t j = kept; j < kk; ++j) { /* rows left out under the floor */
+                os[j] = -INFINITY;
+                oi[j] = -1;
+            }
+        }
     Py_END_ALLOW_THREADS
     free(hs);
     free(hi);
@@ -89,6 +103,7 @@ done:
     PyBuffer_Release(&out_s);
     PyBuffer_Release(&out_i);
     if (have_scales && scales.obj) PyBuffer_Release(&scales);
+    if (have_floors && floors.obj) PyBuffer_Release(&floors);
     return result;
 }
 

@@ -19,7 +19,7 @@
 #endif
 
 enum { CODE_F32 = 0, CODE_F16 = 1, CODE_I8 = 2 };
-enum { ISA_AUTO = 0, ISA_GENERIC = 1, ISA_AVX2 = 2, ISA_AVX512 = 3, ISA_NEON = 4 };
+enum { ISA_AUTO = 0, ISA_GENERIC = 1, ISA_AVX2 = 2, ISA_AVX512 = 3, ISA_NEON = 4, ISA_AVX512FP16 = 5 };
 
 #define ROWS_PER_TILE 4 /* rows decoded once per tile and reused for every query tile */
 #define MAX_QUERY_TILE 6
@@ -298,6 +298,9 @@ DEFINE_AVX2_TILE(f16, CODE_F16)
 DEFINE_AVX2_TILE(i8, CODE_I8)
 #endif /* VSRT_X86 */
 
+#include "_scan_fp16.h"
+
+
 #if defined(__aarch64__)
 /* AArch64 (Jetson): NEON, 4 lanes, 32 registers: 4 rows x 6 queries = 24 accumulators. */
 #include <arm_neon.h>
@@ -334,16 +337,22 @@ typedef struct {
     int rows_per_tile;  /* full tiles; the last rows of a block go one at a time */
     int max_query_tile;
     int lanes;          /* floats per inner step */
+    int f16;            /* FP16 batches of F16_MIN_QUERIES or more go through scan_block_f16 */
 } Isa;
 
 static const Isa ISA_TABLE_GENERIC = {"generic", {tile_generic_f32, tile_generic_f16, tile_generic_i8}, 4, 4,
-                                      LANES_GENERIC};
+                                      LANES_GENERIC, 0};
 #if defined(__aarch64__)
-static const Isa ISA_TABLE_NEON = {"neon", {tile_neon_f32, tile_neon_f16, tile_neon_i8}, 4, 6, 4};
+static const Isa ISA_TABLE_NEON = {"neon", {tile_neon_f32, tile_neon_f16, tile_neon_i8}, 4, 6, 4, 0};
 #endif
 #if VSRT_X86
-static const Isa ISA_TABLE_AVX2 = {"avx2", {tile_avx2_f32, tile_avx2_f16, tile_avx2_i8}, 3, 4, 8};
-static const Isa ISA_TABLE_AVX512 = {"avx512", {tile_avx512_f32, tile_avx512_f16, tile_avx512_i8}, 4, 6, 16};
+static const Isa ISA_TABLE_AVX2 = {"avx2", {tile_avx2_f32, tile_avx2_f16, tile_avx2_i8}, 3, 4, 8, 0};
+static const Isa ISA_TABLE_AVX512 = {"avx512", {tile_avx512_f32, tile_avx512_f16, tile_avx512_i8}, 4, 6, 16, 0};
+#if VSRT_FP16
+/* AVX-512 for FP32, INT8 and single FP16 queries (memory-bound there already) */
+static const Isa ISA_TABLE_AVX512FP16 = {"avx512fp16", {tile_avx512_f32, tile_avx512_f16, tile_avx512_i8}, 4, 6, 16,
+                                         1};
+#endif
 #endif
 
 static int cpu_has(int isa) {
@@ -352,6 +361,13 @@ static int cpu_has(int isa) {
     const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     const int avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
     if (isa == ISA_AVX512) return avx512 && __builtin_cpu_supports("avx512bw");
+#if VSRT_FP16
+    if (isa == ISA_AVX512FP16) { /* CPUID.(7,0):EDX[23]; the OS saves zmm state if AVX-512 F is usable */
+        unsigned a, b, c, dx;
+        return avx512 && __builtin_cpu_supports("avx512bw") && __get_cpuid_count(7, 0, &a, &b, &c, &dx) &&
+               (dx & (1u << 23));
+    }
+#endif
     if (isa == ISA_AVX2) return avx2;
 #endif
 #if defined(__aarch64__)
@@ -362,13 +378,17 @@ static int cpu_has(int isa) {
 
 static const Isa *isa_table(int isa) {
     if (isa == ISA_AUTO)
-        isa = cpu_has(ISA_AVX512) ? ISA_AVX512
+        isa = cpu_has(ISA_AVX512FP16) ? ISA_AVX512FP16
+              : cpu_has(ISA_AVX512) ? ISA_AVX512
               : cpu_has(ISA_AVX2) ? ISA_AVX2
               : cpu_has(ISA_NEON) ? ISA_NEON
                                   : ISA_GENERIC;
     if (!cpu_has(isa)) return NULL;
 #if VSRT_X86
     if (isa == ISA_AVX512) return &ISA_TABLE_AVX512;
+#if VSRT_FP16
+    if (isa == ISA_AVX512FP16) return &ISA_TABLE_AVX512FP16;
+#endif
     if (isa == ISA_AVX2) return &ISA_TABLE_AVX2;
 #endif
 #if defined(__aarch64__)
@@ -381,10 +401,13 @@ static const Isa *isa_table(int isa) {
 static void scan_block_packed(const Isa *isa, int kind, const char *codes, int64_t n, int64_t d,
                               const float *scales, const float *queries, int64_t m, Heap *heaps);
 
-/* Scans n code rows for m queries ([m, d], contiguous) into the heaps. Returns 0 if it could not allocate the
- * packed copy of the queries (m x query_stride(d) floats), 1 otherwise. */
+/* Scans n code rows for m queries ([m, d], contiguous) into the heaps. floors (float32 [m], or NULL): a row whose
+ * score for query q is below floors[q] may be left out of heap q (a kernel that can tell so cheaply skips it; every
+ * row scoring floors[q] or more is offered), so a caller that passes a lower bound on the final k-th best score of
+ * each query loses nothing. Returns 0 if it could not allocate the packed copy of the queries (m x query_stride(d)
+ * floats), 1 otherwise. */
 static int scan_block(const Isa *isa, int kind, const char *codes, int64_t n, int64_t d, const float *scales,
-                      const float *queries, int64_t m, Heap *heaps) {
+                      const float *queries, int64_t m, const float *floors, Heap *heaps) {
     const int64_t qs = query_stride(d);
     float *packed = aligned_alloc(64, sizeof(float) * (size_t)(m * qs));
     if (!packed) return 0;
@@ -392,6 +415,15 @@ static int scan_block(const Isa *isa, int kind, const char *codes, int64_t n, in
         memcpy(packed + q * qs, queries + q * d, sizeof(float) * (size_t)d);
         memset(packed + q * qs + d, 0, sizeof(float) * (size_t)(qs - d));
     }
+#if !VSRT_FP16
+    (void)floors;
+#else
+    if (isa->f16 && kind == CODE_F16 && m >= F16_MIN_QUERIES) {
+        const int ok = scan_block_f16(codes, n, d, queries, packed, qs, m, floors, heaps);
+        free(packed);
+        return ok;
+    }
+#endif
     scan_block_packed(isa, kind, codes, n, d, scales, packed, m, heaps);
     free(packed);
     return 1;

@@ -12,7 +12,13 @@ Block kernels (``kernel=``):
   small tile of rows is decoded to float32 in registers (F16C / AVX-512 on x86-64, NEON on AArch64), multiplied
   into every query with float32 FMAs while it is in L1, and every score goes straight into a per-query bounded heap.
   One pass over the codes and nothing block-sized written, so few queries run at memory speed and many at FMA speed.
-  ``VSRT_SCAN_ISA`` (``avx512``, ``avx2``, ``neon``, ``generic``) overrides the kernel chosen from the CPU.
+  On CPUs with AVX512-FP16 (Sapphire Rapids and later), batches over FP16 codes are scored in FP16 arithmetic
+  first (32 products per instruction and no decode), and only the rows that could enter a query's top-k, by a
+  proven bound on that score's error, are scored again exactly: the same results as the AVX-512 kernel, bit for
+  bit, at about twice its multiply rate. :func:`exact_search` passes each block the k-th best scores of the blocks
+  merged so far (``floors``), so that later blocks re-score almost nothing.
+  ``VSRT_SCAN_ISA`` (``avx512fp16``, ``avx512``, ``avx2``, ``neon``, ``generic``) overrides the kernel chosen from
+  the CPU.
 * ``"ort"`` — a four-node ONNX graph run by ONNX Runtime on the CPU: ``Cast`` to float32 (in cache-sized blocks),
   ``MatMul`` with the queries (MLAS GEMM), ``Mul`` by the per-vector scales (INT8 storage), ``TopK`` over the block.
   Each step is its own pass over the block, so FP16/INT8 storage costs a conversion on top of the GEMM.
@@ -185,7 +191,7 @@ class NumpyKernel:
 
 
 #: the CPU kernels of :mod:`vsrt.runtime._scan` by name, best first, with the ids its ``isa`` argument takes
-SCAN_ISAS = {"avx512": 3, "avx2": 2, "neon": 4, "generic": 1}
+SCAN_ISAS = {"avx512fp16": 5, "avx512": 3, "avx2": 2, "neon": 4, "generic": 1}
 
 
 def available_isas(scan: Any) -> list[str]:
@@ -197,10 +203,14 @@ class NativeKernel:
     """The fused scan of :mod:`vsrt.runtime._scan` (see module docstring): decode, FMA and top-k in one pass.
 
     Args:
-        isa: ``"auto"`` (from the CPU, or ``VSRT_SCAN_ISA``), ``"avx512"``, ``"avx2"``, ``"neon"`` or ``"generic"``.
+        isa: ``"auto"`` (from the CPU, or ``VSRT_SCAN_ISA``), ``"avx512fp16"``, ``"avx512"``, ``"avx2"``, ``"neon"`` or
+            ``"generic"``. ``avx512fp16`` is ``avx512`` except for batches over FP16 codes: FP16 filter, then an
+            exact AVX-512 re-score of the rows that could enter the top-k (the same results, bit for bit).
     """
 
     name = "native"
+    #: takes ``floors``: per query, a lower bound on the final k-th best score (see :meth:`__call__`)
+    uses_floors = True
     _CODES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.int8): 2}
     _ISAS = {"auto": 0, **SCAN_ISAS}
 
@@ -222,8 +232,11 @@ class NativeKernel:
         """The queries as this kernel takes them: ``[M, D]`` float32, contiguous."""
         return np.ascontiguousarray(queries, np.float32)
 
-    def __call__(self, codes: np.ndarray, scales: np.ndarray | None, queries: np.ndarray, k: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, codes: np.ndarray, scales: np.ndarray | None, queries: np.ndarray, k: int,
+                 floors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` of one block: ``(scores [k', M], indices [k', M])``. With ``floors`` (float32 ``[M]``), rows
+        scoring below ``floors[q]`` may be left out for query ``q`` (the AVX512-FP16 kernel skips them without
+        scoring them exactly); their places hold score ``-inf`` and index ``-1``."""
         kind = self._CODES.get(np.dtype(codes.dtype))
         if kind is None:
             raise InputError(f"search kernel cannot scan codes of dtype {codes.dtype}")
@@ -233,7 +246,8 @@ class NativeKernel:
         out_s = np.empty((m, k), np.float32)
         out_i = np.empty((m, k), np.int64)
         sc = None if scales is None else np.ascontiguousarray(scales, np.float32).reshape(-1)
-        kk = self._scan.topk(codes, kind, n, d, sc, queries, m, k, out_s, out_i, self._isa)
+        fl = None if floors is None else np.ascontiguousarray(floors, np.float32).reshape(-1)
+        kk = self._scan.topk(codes, kind, n, d, sc, queries, m, k, out_s, out_i, self._isa, fl)
         return out_s[:, :kk].T, out_i[:, :kk].T
 
 
@@ -331,14 +345,28 @@ class _Merger:
         self.ids: list[np.ndarray] = []
         self.rows = 0
         self.m = m
+        self._best = np.full((m, 0), -np.inf, np.float32)  # the k best scores so far per query (for floors)
 
     def add(self, scores: np.ndarray, ids: np.ndarray) -> None:
         self.scores.append(scores)
         self.ids.append(ids)
         self.rows += len(scores)
+        best = np.concatenate([self._best, scores.T], axis=1)
+        if best.shape[1] > self.k:
+            best = -np.partition(-best, self.k - 1, axis=1)[:, : self.k]
+        self._best = best
         if self.rows > 64 * self.k:
             s, i = self._merged()
             self.scores, self.ids, self.rows = [s.T.copy()], [i.T.copy()], s.shape[1]
+
+    def floors(self) -> np.ndarray | None:
+        """Per query, the k-th best score merged so far: a lower bound on the final k-th best (``None`` until every
+        query has ``k`` finite candidates)."""
+        best = self._best
+        if best.shape[1] < self.k:
+            return None
+        kth = best.min(axis=1)
+        return kth if np.isfinite(kth).all() else None
 
     def _merged(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.scores:
@@ -392,8 +420,13 @@ def exact_search(
             work.append((start + lo, codes[lo:hi], None if scales is None else scales[lo:hi]))
     merger = _Merger(q.shape[0], k)
 
+    floors = getattr(fn, "uses_floors", False)
+
     def run(item: tuple[int, np.ndarray, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
         start, codes, scales = item
+        if floors:  # blocks merged so far bound each query's final k-th best score from below
+            values, indices = fn(codes, scales, prepared, k, merger.floors())
+            return values, np.where(indices < 0, -1, indices + start)
         values, indices = fn(codes, scales, prepared, k)
         return values, indices + start
 

@@ -1,0 +1,244 @@
+/*
+ * The AVX512-FP16 kernel of vsrt.runtime._scan (included by _scan_kernels.h after the AVX-512 tile kernels and Heap).
+ *
+ * FP16 rows against batches of queries on CPUs with AVX512-FP16 (Xeon Sapphire Rapids and later, Zen 5): filter,
+ * then refine, with exactly the results of the AVX-512 kernel (scores and indices, bit for bit).
+ *   1. Filter: every row is scored against every query in FP16 arithmetic, 32 values per instruction and no decode
+ *      at all. The AVX-512 kernel spends a third of its vector work converting FP16 to float32 and gets 16 products
+ *      per FMA, so once a batch has a few queries it is bound by the FMA ports, not by memory.
+ *   2. Refine: a row whose FP16 score plus a proven bound on its error could still beat its query's k-th best exact
+ *      score is scored again by the AVX-512 kernel and offered to the heap. No other row could have entered it.
+ *
+ * Arithmetic. Query q is scaled by a power of two s (largest |s q_i| in [1/2, 1)) and rounded to FP16: q~. Each of
+ * the 32 lanes sums its products in chunks of F16_CHUNK FMAs, each chunk added to a lane total (FP16); the totals are
+ * widened to float32 and summed. The row's squared norm is summed the same way, for the Cauchy-Schwarz bound.
+ * Error bound (f16_prepare; u = 2^-11, v = 2^-24, eta = 2^-25 the FP16 underflow unit), for the exact score e the
+ * AVX-512 kernel computes and the filter's score a:
+ *     |a - e| <= |g| A_q + C_q,  A_q = (E |q~| + eta sqrt(d)) / s + (u + E_avx) |q|,  C_q = 32 (L + C + 2) eta / s
+ * with E = gamma(L) + gamma(C) (1 + gamma(L)) + 6 v (lane chunks of L steps, C chunks, 6 float32 roundings),
+ * E_avx = (d / 16 + 21) v the AVX-512 kernel's own rounding, and |g| from the FP16 norm, (N + abs) / (1 - E).
+ * A_q and C_q carry 1 % of margin for their own float32 evaluation. Rows whose FP16 sums overflow (|g| beyond a few
+ * tens) give inf or NaN and are always refined.
+ *
+ * Tiles: 4 rows x up to 6 queries (24 zmm chunk accumulators, the totals in memory), the first query group of each
+ * row tile also summing the norms; software prefetch of the next row tile as in the AVX-512 kernel. With floors
+ * (scan_block), rows surely below the caller's bound on the final k-th best score are not refined either, so that
+ * blocks after the first refine almost nothing.
+ */
+#ifndef VSRT_SCAN_FP16_H
+#define VSRT_SCAN_FP16_H
+
+#if VSRT_X86 && ((defined(__clang__) && __clang_major__ >= 14) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 12))
+#define VSRT_FP16 1
+#else
+#define VSRT_FP16 0
+#endif
+
+#if VSRT_FP16
+#include <cpuid.h>
+#include <math.h>
+
+#define FP16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512fp16,avx2,fma,f16c")))
+#define F16_ROWS 4   /* rows per tile (the last rows of a block go one at a time) */
+#define F16_GROUP 6  /* queries per tile: query groups of equal size, at most 6 */
+#define F16_CHUNK 8  /* 32-value steps per FP16 partial sum */
+#define F16_MIN_QUERIES 2 /* one query: the AVX-512 kernel, memory-bound there already */
+
+typedef struct {
+    uint16_t *qh;    /* scaled FP16 queries, qhs halves apart, zero-padded to a multiple of 32 */
+    int64_t qhs;
+    float *inv_scale, *coef, *offset; /* per query: 1 / s, A_q, C_q */
+    float norm_rel, norm_abs;         /* |g|^2 <= (N + norm_abs) / (1 - norm_rel) */
+} F16Queries;
+
+static inline double f16_gamma(double n) { return n * 0x1p-11 / (1.0 - n * 0x1p-11); }
+
+/* The half-precision bits of x, rounded to nearest even (F16C). */
+FP16_TARGET static inline uint16_t f16_bits(float x) { return (uint16_t)_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT); }
+FP16_TARGET static inline float f16_value(uint16_t h) { return _cvtsh_ss(h); }
+
+/* Scales, rounds and packs the queries (rows `d` floats apart) and computes the bound constants. Returns 0 if out of
+ * memory (and frees what it allocated). */
+FP16_TARGET static int f16_prepare(const float *queries, int64_t m, int64_t d, F16Queries *fq) {
+    const int64_t steps = (d + 31) / 32, chunks = (steps + F16_CHUNK - 1) / F16_CHUNK;
+    const int64_t lane_steps = steps < F16_CHUNK ? steps : F16_CHUNK;
+    fq->qhs = steps * 32 + 32; /* + 64 bytes: the queries' j-th vectors do not share one L1 set */
+    fq->qh = aligned_alloc(64, sizeof(uint16_t) * (size_t)(m * fq->qhs));
+    fq->inv_scale = malloc(sizeof(float) * 3 * (size_t)m);
+    if (!fq->qh || !fq->inv_scale) {
+        free(fq->qh);
+        free(fq->inv_scale);
+        return 0;
+    }
+    fq->coef = fq->inv_scale + m;
+    fq->offset = fq->coef + m;
+    const double u = 0x1p-11, v = 0x1p-24, eta = 0x1p-25;
+    const double e16 = f16_gamma((double)lane_steps) + f16_gamma((double)chunks) * (1.0 + f16_gamma((double)lane_steps));
+    const double e = e16 + 6.0 * v * (1.0 + e16), e_avx = ((double)d / 16.0 + 21.0) * v;
+    const double abs_lanes = 32.0 * (double)(lane_steps + chunks + 2) * eta;
+    fq->norm_rel = (float)(e * 1.01);
+    fq->norm_abs = (float)(abs_lanes * 1.01);
+    for (int64_t q = 0; q < m; ++q) {
+        const float *x = queries + q * d;
+        uint16_t *h = fq->qh + q * fq->qhs;
+        float big = 0.0f;
+        for (int64_t i = 0; i < d; ++i) big = fabsf(x[i]) > big ? fabsf(x[i]) : big;
+        int ex = 0;
+        if (big > 0.0f && isfinite(big)) frexpf(big, &ex); /* big = f 2^ex, f in [1/2, 1) */
+        const float s = ldexpf(1.0f, -ex);
+        double qn = 0.0, qtn = 0.0;
+        for (int64_t i = 0; i < d; ++i) {
+            h[i] = f16_bits(x[i] * s); /* exact scaling by a power of two (no float32 under/overflow at these sizes) */
+            const double t = f16_value(h[i]);
+            qn += (double)x[i] * x[i];
+            qtn += t * t;
+        }
+        memset(h + d, 0, sizeof(uint16_t) * (size_t)(fq->qhs - d));
+        qn = sqrt(qn) * (1.0 + 1e-12);
+        qtn = sqrt(qtn) * (1.0 + 1e-12);
+        fq->inv_scale[q] = 1.0f / s;
+        fq->coef[q] = (float)(((e * qtn + eta * sqrt((double)d)) / s + (u + e_avx) * qn) * 1.01);
+        fq->offset[q] = (float)(abs_lanes / s * 1.01) + 0x1p-120f;
+        if (!isfinite(fq->coef[q]) || !isfinite(big)) fq->coef[q] = INFINITY; /* always refine */
+    }
+    return 1;
+}
+
+/* Sum of the 32 FP16 lanes of t, in float32. */
+FP16_TARGET static inline float f16_lanes_sum(__m512h t) {
+    const __m512i b = _mm512_castph_si512(t);
+    const __m512 lo = _mm512_cvtph_ps(_mm512_castsi512_si256(b)), hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(b, 1));
+    return _mm512_reduce_add_ps(_mm512_add_ps(lo, hi));
+}
+
+/* One step of f16_tile_rq: 32 values of d from j (masked past d when TAIL). */
+#define F16_STEP(TAIL)                                                                                               \
+    do {                                                                                                             \
+        prefetch_step(next);                                                                                         \
+        __m512h x[F16_ROWS];                                                                                         \
+        for (int r = 0; r < R; ++r)                                                                                  \
+            x[r] = _mm512_castsi512_ph(TAIL ? _mm512_maskz_loadu_epi16(tail, rows + r * d + j)                       \
+                                            : _mm512_loadu_si512(rows + r * d + j));                                 \
+        if (NORM)                                                                                                    \
+            for (int r = 0; r < R; ++r) nacc[r] = _mm512_fmadd_ph(x[r], x[r], nacc[r]);                              \
+        for (int q = 0; q < Q; ++q) {                                                                                \
+            const __m512h qv = _mm512_castsi512_ph(_mm512_load_si512(qh + q * qhs + j));                             \
+            for (int r = 0; r < R; ++r) acc[r][q] = _mm512_fmadd_ph(x[r], qv, acc[r][q]);                            \
+        }                                                                                                            \
+    } while (0)
+
+/* FP16 scores of R rows x Q queries (compile-time constants at each call site, so that the chunk accumulators live in
+ * registers) into sc[r * Q + q], already times 1 / s; with NORM the rows' FP16 squared norms into nrm[r]. */
+static inline __attribute__((always_inline)) FP16_TARGET void f16_tile_rq(const uint16_t *rows, int64_t d,
+                                                                         const uint16_t *qh, int64_t qhs,
+                                                                         const float *inv_scale, const int R,
+                                                                         const int Q, const int NORM, float *sc,
+                                                                         float *nrm, Prefetch *next) {
+    __m512h tot[F16_ROWS][F16_GROUP], ntot[F16_ROWS], acc[F16_ROWS][F16_GROUP], nacc[F16_ROWS];
+    for (int r = 0; r < R; ++r) {
+        ntot[r] = _mm512_setzero_ph();
+        for (int q = 0; q < Q; ++q) tot[r][q] = _mm512_setzero_ph();
+    }
+    const int64_t chunk = 32 * F16_CHUNK, full = d / chunk * chunk;
+    const __mmask32 tail = (__mmask32)((1ull << (d % 32)) - 1u);
+    for (int64_t c = 0; c <= full; c += chunk) { /* full chunks, then the rest (if any) as one short chunk */
+        const int64_t end = c < full ? c + chunk : d;
+        if (c == end) break;
+        for (int r = 0; r < R; ++r) {
+            nacc[r] = _mm512_setzero_ph();
+            for (int q = 0; q < Q; ++q) acc[r][q] = _mm512_setzero_ph();
+        }
+        int64_t j = c;
+        for (; j + 32 <= end; j += 32) F16_STEP(0);
+        if (j < end) F16_STEP(1);
+        for (int r = 0; r < R; ++r) {
+            if (NORM) ntot[r] = _mm512_add_ph(ntot[r], nacc[r]);
+            for (int q = 0; q < Q; ++q) tot[r][q] = _mm512_add_ph(tot[r][q], acc[r][q]);
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        if (NORM) nrm[r] = f16_lanes_sum(ntot[r]);
+        for (int q = 0; q < Q; ++q) sc[r * Q + q] = f16_lanes_sum(tot[r][q]) * inv_scale[q];
+    }
+}
+
+typedef void (*F16TileFn)(const uint16_t *rows, int64_t d, const uint16_t *qh, int64_t qhs, const float *inv_scale,
+                          float *sc, float *nrm, Prefetch *next);
+
+#define DEFINE_F16_TILE(R, Q)                                                                                         \
+    static FP16_TARGET void f16_tile_##R##_##Q(const uint16_t *rows, int64_t d, const uint16_t *qh, int64_t qhs,     \
+                                               const float *inv_scale, float *sc, float *nrm, Prefetch *next) {      \
+        if (nrm) f16_tile_rq(rows, d, qh, qhs, inv_scale, R, Q, 1, sc, nrm, next);                                   \
+        else f16_tile_rq(rows, d, qh, qhs, inv_scale, R, Q, 0, sc, nrm, next);                                       \
+    }
+#define DEFINE_F16_TILES(R)                                                                                           \
+    DEFINE_F16_TILE(R, 1) DEFINE_F16_TILE(R, 2) DEFINE_F16_TILE(R, 3) DEFINE_F16_TILE(R, 4) DEFINE_F16_TILE(R, 5)     \
+    DEFINE_F16_TILE(R, 6)
+DEFINE_F16_TILES(1)
+DEFINE_F16_TILES(4)
+static const F16TileFn F16_TILES[2][F16_GROUP] = { /* [full tile of F16_ROWS rows or one row][queries - 1] */
+    {f16_tile_4_1, f16_tile_4_2, f16_tile_4_3, f16_tile_4_4, f16_tile_4_5, f16_tile_4_6},
+    {f16_tile_1_1, f16_tile_1_2, f16_tile_1_3, f16_tile_1_4, f16_tile_1_5, f16_tile_1_6},
+};
+
+/* Scans n FP16 rows for m queries ([m, d] raw and `packed` as the AVX-512 kernel reads them, qs floats apart) into
+ * the heaps. With floors (or NULL), a row whose score is surely below floors[q] is not offered to heap q (see
+ * scan_block). Returns 0 if out of memory (nothing scanned). */
+FP16_TARGET static int scan_block_f16(const char *codes, int64_t n, int64_t d, const float *queries,
+                                      const float *packed, int64_t qs, int64_t m, const float *floors, Heap *heaps) {
+    F16Queries fq;
+    if (!f16_prepare(queries, m, d, &fq)) return 0;
+    const uint16_t *rows16 = (const uint16_t *)codes;
+    const int64_t groups = (m + F16_GROUP - 1) / F16_GROUP;
+    const int64_t tile_bytes = (int64_t)F16_ROWS * d * 2, steps = (d + 31) / 32;
+    float sc[F16_ROWS * F16_GROUP], nrm[F16_ROWS], gnorm[F16_ROWS];
+    for (int64_t r0 = 0; r0 < n; r0 += F16_ROWS) {
+        const int nr = (int)(n - r0 < F16_ROWS ? n - r0 : F16_ROWS);
+        const uint16_t *rows = rows16 + r0 * d;
+        int64_t q0 = 0;
+        for (int64_t g = 0; g < groups; ++g) { /* groups of equal size (+-1); the first also sums the norms */
+            const int nq = (int)(m / groups + (g < m % groups));
+            const uint16_t *qh = fq.qh + q0 * fq.qhs;
+            const float *inv = fq.inv_scale + q0;
+            const int64_t ahead = r0 + PREFETCH_TILES * F16_ROWS;
+            if (nr == F16_ROWS && ahead + F16_ROWS <= n) { /* each group prefetches its share of the next tile */
+                const int64_t share = ((tile_bytes + groups - 1) / groups + 63) / 64 * 64;
+                const int64_t lo = g * share < tile_bytes ? g * share : tile_bytes;
+                const int64_t hi = lo + share < tile_bytes ? lo + share : tile_bytes;
+                Prefetch pf = prefetch_plan(codes + (size_t)ahead * d * 2 + lo, hi - lo, steps);
+                F16_TILES[0][nq - 1](rows, d, qh, fq.qhs, inv, sc, g ? NULL : nrm, &pf);
+            } else if (nr == F16_ROWS) {
+                F16_TILES[0][nq - 1](rows, d, qh, fq.qhs, inv, sc, g ? NULL : nrm, NULL);
+            } else {
+                float one[F16_GROUP];
+                for (int r = 0; r < nr; ++r) {
+                    F16_TILES[1][nq - 1](rows + r * d, d, qh, fq.qhs, inv, one, g ? NULL : nrm + r, NULL);
+                    memcpy(sc + r * nq, one, sizeof(float) * (size_t)nq);
+                }
+            }
+            if (g == 0)
+                for (int r = 0; r < nr; ++r)
+                    gnorm[r] = sqrtf((nrm[r] + fq.norm_abs) / (1.0f - fq.norm_rel)) * (1.0f + 0x1p-20f);
+            for (int r = 0; r < nr; ++r)
+                for (int q = 0; q < nq; ++q) {
+                    Heap *h = &heaps[q0 + q];
+                    const float a = sc[r * nq + q];
+                    const float bound = gnorm[r] * fq.coef[q0 + q] + fq.offset[q0 + q] + fabsf(a) * 0x1p-22f;
+                    const float top = a + bound; /* >= the exact score (NaN where the FP16 sums overflowed) */
+                    const int below_floor = floors && top < floors[q0 + q];
+                    if (!below_floor && (h->size < h->cap || !(top <= h->score[0]))) {
+                        float e;
+                        tile_avx512_f16(rows + r * d, d, packed + (q0 + q) * qs, 1, 1, &e, NULL);
+                        heap_offer(h, e, r0 + r);
+                    }
+                }
+            q0 += nq;
+        }
+    }
+    free(fq.qh);
+    free(fq.inv_scale);
+    return 1;
+}
+#endif /* VSRT_FP16 */
+
+#endif /* VSRT_SCAN_FP16_H */
