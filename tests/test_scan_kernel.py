@@ -109,9 +109,12 @@ def _fp16_case(rng: np.random.Generator, trial: int) -> tuple[np.ndarray, np.nda
     elif mode == 3:  # norms from 1e-6 (FP16 subnormals) to 1e2; queries from 1e-20 to 1e20
         x *= 10.0 ** rng.integers(-6, 3, (n, 1))
         q *= 10.0 ** rng.integers(-20, 21, (m, 1))
-    elif mode == 4:  # a zero query and a tiny one
+    elif mode == 4:  # a zero query, a tiny one, a huge one and one with NaN or infinity
         q[0] = 0.0
         q[-1] *= 1e-30
+        q[1, 0] = np.nan if trial % 16 == 4 else np.inf
+        if m > 3:
+            q[2] = 3e38
     elif mode == 5:  # unit rows, as galleries hold them
         x /= np.linalg.norm(x, axis=1, keepdims=True)
     elif mode == 6:  # values whose FP16 products and norms overflow: every row goes to the exact re-score

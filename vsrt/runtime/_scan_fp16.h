@@ -53,10 +53,6 @@ typedef struct {
 
 static inline double f16_gamma(double n) { return n * 0x1p-11 / (1.0 - n * 0x1p-11); }
 
-/* The half-precision bits of x, rounded to nearest even (F16C). */
-FP16_TARGET static inline uint16_t f16_bits(float x) { return (uint16_t)_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT); }
-FP16_TARGET static inline float f16_value(uint16_t h) { return _cvtsh_ss(h); }
-
 /* Scales, rounds and packs the queries (rows `d` floats apart) and computes the bound constants. Returns 0 if out of
  * memory (and frees what it allocated). */
 FP16_TARGET static int f16_prepare(const float *queries, int64_t m, int64_t d, F16Queries *fq) {
@@ -81,34 +77,59 @@ FP16_TARGET static int f16_prepare(const float *queries, int64_t m, int64_t d, F
     for (int64_t q = 0; q < m; ++q) {
         const float *x = queries + q * d;
         uint16_t *h = fq->qh + q * fq->qhs;
-        float big = 0.0f;
-        for (int64_t i = 0; i < d; ++i) big = fabsf(x[i]) > big ? fabsf(x[i]) : big;
+        __m512 big16 = _mm512_setzero_ps();
+        for (int64_t i = 0; i < d; i += 16) {
+            const __mmask16 mk = d - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (d - i)) - 1u);
+            big16 = _mm512_max_ps(big16, _mm512_abs_ps(_mm512_maskz_loadu_ps(mk, x + i)));
+        }
+        const float big = _mm512_reduce_max_ps(big16); /* NaN and inf are caught by the sums below */
         int ex = 0;
         if (big > 0.0f && isfinite(big)) frexpf(big, &ex); /* big = f 2^ex, f in [1/2, 1) */
         const float s = ldexpf(1.0f, -ex);
-        double qn = 0.0, qtn = 0.0;
-        for (int64_t i = 0; i < d; ++i) {
-            h[i] = f16_bits(x[i] * s); /* exact scaling by a power of two (no float32 under/overflow at these sizes) */
-            const double t = f16_value(h[i]);
-            qn += (double)x[i] * x[i];
-            qtn += t * t;
+        const __m512 sv = _mm512_set1_ps(s);
+        __m512d qn8 = _mm512_setzero_pd(), qtn8 = _mm512_setzero_pd();
+        for (int64_t i = 0; i < d; i += 16) {
+            const __mmask16 mk = d - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (d - i)) - 1u);
+            const __m512 v = _mm512_maskz_loadu_ps(mk, x + i);
+            /* exact scaling by a power of two (no float32 under/overflow at these sizes), then round to FP16 */
+            const __m256i hv = _mm512_cvtps_ph(_mm512_mul_ps(v, sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            _mm256_mask_storeu_epi16(h + i, mk, hv);
+            const __m512 t = _mm512_cvtph_ps(hv);
+            const __m512d v0 = _mm512_cvtps_pd(_mm512_castps512_ps256(v)), v1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1));
+            const __m512d t0 = _mm512_cvtps_pd(_mm512_castps512_ps256(t)), t1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(t, 1));
+            qn8 = _mm512_fmadd_pd(v1, v1, _mm512_fmadd_pd(v0, v0, qn8));
+            qtn8 = _mm512_fmadd_pd(t1, t1, _mm512_fmadd_pd(t0, t0, qtn8));
         }
         memset(h + d, 0, sizeof(uint16_t) * (size_t)(fq->qhs - d));
-        qn = sqrt(qn) * (1.0 + 1e-12);
-        qtn = sqrt(qtn) * (1.0 + 1e-12);
+        const double qn = sqrt(_mm512_reduce_add_pd(qn8)) * (1.0 + 1e-12), qtn = sqrt(_mm512_reduce_add_pd(qtn8)) * (1.0 + 1e-12);
         fq->inv_scale[q] = 1.0f / s;
         fq->coef[q] = (float)(((e * qtn + eta * sqrt((double)d)) / s + (u + e_avx) * qn) * 1.01);
         fq->offset[q] = (float)(abs_lanes / s * 1.01) + 0x1p-120f;
-        if (!isfinite(fq->coef[q]) || !isfinite(big)) fq->coef[q] = INFINITY; /* always refine */
+        if (!isfinite(fq->coef[q]) || !isfinite(qn) || !isfinite(big)) fq->coef[q] = INFINITY; /* always refine */
     }
     return 1;
 }
 
-/* Sum of the 32 FP16 lanes of t, in float32. */
-FP16_TARGET static inline float f16_lanes_sum(__m512h t) {
+/* The 32 FP16 lanes of t widened to float32 and added pairwise: 16 float32 lanes with the same sum. */
+FP16_TARGET static inline __m512 f16_widen(__m512h t) {
     const __m512i b = _mm512_castph_si512(t);
-    const __m512 lo = _mm512_cvtph_ps(_mm512_castsi512_si256(b)), hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(b, 1));
-    return _mm512_reduce_add_ps(_mm512_add_ps(lo, hi));
+    return _mm512_add_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(b)), _mm512_cvtph_ps(_mm512_extracti64x4_epi64(b, 1)));
+}
+
+/* out[i] = the sum of the 16 lanes of v[i], for 16 vectors at once (a transposing tree: 15 adds and 30 shuffles
+ * instead of 16 separate reductions; 4 roundings per sum, like one reduction). */
+FP16_TARGET static inline void f16_sums16(const __m512 v[16], float out[16]) {
+    __m512 t[8], u[4], w[2];
+    for (int i = 0; i < 8; ++i) /* per 128-bit lane: pairs of vectors, 2 partial sums each */
+        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; ++i) { /* per 128-bit lane: the lane's sum of 4 vectors */
+        const __m512d c = _mm512_castps_pd(t[2 * i]), d = _mm512_castps_pd(t[2 * i + 1]);
+        u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(c, d)), _mm512_castpd_ps(_mm512_unpackhi_pd(c, d)));
+    }
+    for (int i = 0; i < 2; ++i)
+        w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0xdd));
+    _mm512_storeu_ps(out, _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], 0x88), _mm512_shuffle_f32x4(w[0], w[1], 0xdd)));
 }
 
 /* One step of f16_tile_rq: 32 values of d from j (masked past d when TAIL). */
@@ -156,9 +177,18 @@ static inline __attribute__((always_inline)) FP16_TARGET void f16_tile_rq(const 
             for (int q = 0; q < Q; ++q) tot[r][q] = _mm512_add_ph(tot[r][q], acc[r][q]);
         }
     }
+    __m512 wide[2 * 16]; /* the R x Q scores, then the R norms, summed 16 at a time */
+    float sums[2 * 16];
+    const int count = R * Q + (NORM ? R : 0);
+    for (int r = 0; r < R; ++r)
+        for (int q = 0; q < Q; ++q) wide[r * Q + q] = f16_widen(tot[r][q]);
+    if (NORM)
+        for (int r = 0; r < R; ++r) wide[R * Q + r] = f16_widen(ntot[r]);
+    for (int i = count; i < (count + 15) / 16 * 16; ++i) wide[i] = _mm512_setzero_ps();
+    for (int i = 0; i < count; i += 16) f16_sums16(wide + i, sums + i);
     for (int r = 0; r < R; ++r) {
-        if (NORM) nrm[r] = f16_lanes_sum(ntot[r]);
-        for (int q = 0; q < Q; ++q) sc[r * Q + q] = f16_lanes_sum(tot[r][q]) * inv_scale[q];
+        if (NORM) nrm[r] = sums[R * Q + r];
+        for (int q = 0; q < Q; ++q) sc[r * Q + q] = sums[r * Q + q] * inv_scale[q];
     }
 }
 
