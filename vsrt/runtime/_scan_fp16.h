@@ -60,7 +60,7 @@ FP16_TARGET static int f16_prepare(const float *queries, int64_t m, int64_t d, F
     const int64_t lane_steps = steps < F16_CHUNK ? steps : F16_CHUNK;
     fq->qhs = steps * 32 + 32; /* + 64 bytes: the queries' j-th vectors do not share one L1 set */
     fq->qh = aligned_alloc(64, sizeof(uint16_t) * (size_t)(m * fq->qhs));
-    fq->inv_scale = malloc(sizeof(float) * 3 * (size_t)m);
+    fq->inv_scale = calloc(3 * (size_t)m + 16, sizeof(float)); /* + 16: the filter loads 16 from any query on */
     if (!fq->qh || !fq->inv_scale) {
         free(fq->qh);
         free(fq->inv_scale);
@@ -221,7 +221,27 @@ FP16_TARGET static int scan_block_f16(const char *codes, int64_t n, int64_t d, c
     const uint16_t *rows16 = (const uint16_t *)codes;
     const int64_t groups = (m + F16_GROUP - 1) / F16_GROUP;
     const int64_t tile_bytes = (int64_t)F16_ROWS * d * 2, steps = (d + 31) / 32;
-    float sc[F16_ROWS * F16_GROUP], nrm[F16_ROWS], gnorm[F16_ROWS];
+    /* per query: the heap's k-th best once full, the floor (NaN: none yet / no floor); + 16 as for fq.coef */
+    float *le_thr = malloc(sizeof(float) * (2 * (size_t)m + 32));
+    if (!le_thr) {
+        free(fq.qh);
+        free(fq.inv_scale);
+        return 0;
+    }
+    float *lt_thr = le_thr + m + 16;
+    for (int64_t q = 0; q < m + 16; ++q) {
+        le_thr[q] = NAN;
+        lt_thr[q] = floors && q < m ? floors[q] : NAN;
+    }
+    for (int64_t q = 0; q < m; ++q)
+        if (heaps[q].size == heaps[q].cap) le_thr[q] = heaps[q].score[0];
+    int32_t q_of[F16_GROUP][F16_ROWS * F16_GROUP + 16], r_of[F16_GROUP][F16_ROWS * F16_GROUP + 16]; /* pair -> q, r */
+    for (int nq = 1; nq <= F16_GROUP; ++nq)
+        for (int i = 0; i < F16_ROWS * F16_GROUP + 16; ++i) {
+            q_of[nq - 1][i] = i % nq;
+            r_of[nq - 1][i] = i / nq < F16_ROWS ? i / nq : 0;
+        }
+    float sc[F16_ROWS * F16_GROUP + 16], nrm[F16_ROWS], gnorm[16] = {0};
     for (int64_t r0 = 0; r0 < n; r0 += F16_ROWS) {
         const int nr = (int)(n - r0 < F16_ROWS ? n - r0 : F16_ROWS);
         const uint16_t *rows = rows16 + r0 * d;
@@ -249,22 +269,36 @@ FP16_TARGET static int scan_block_f16(const char *codes, int64_t n, int64_t d, c
             if (g == 0)
                 for (int r = 0; r < nr; ++r)
                     gnorm[r] = sqrtf((nrm[r] + fq.norm_abs) / (1.0f - fq.norm_rel)) * (1.0f + 0x1p-20f);
-            for (int r = 0; r < nr; ++r)
-                for (int q = 0; q < nq; ++q) {
+            /* The filter, 16 (row, query) pairs at a time: top = a + bound >= the exact score (NaN where the FP16
+             * sums overflowed); skip when top <= the heap's k-th best or top < the floor (NaN thresholds: never). */
+            const int pairs = nr * nq;
+            const __m512 gv = _mm512_loadu_ps(gnorm), cv = _mm512_loadu_ps(fq.coef + q0);
+            const __m512 ov = _mm512_loadu_ps(fq.offset + q0), fv = _mm512_loadu_ps(lt_thr + q0);
+            for (int base = 0; base < pairs; base += 16) {
+                const __mmask16 valid = pairs - base >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (pairs - base)) - 1u);
+                const __m512i qi = _mm512_loadu_si512(q_of[nq - 1] + base), ri = _mm512_loadu_si512(r_of[nq - 1] + base);
+                const __m512 a = _mm512_maskz_loadu_ps(valid, sc + base);
+                const __m512 bound = _mm512_add_ps(
+                    _mm512_add_ps(_mm512_mul_ps(_mm512_permutexvar_ps(ri, gv), _mm512_permutexvar_ps(qi, cv)),
+                                  _mm512_permutexvar_ps(qi, ov)),
+                    _mm512_mul_ps(_mm512_abs_ps(a), _mm512_set1_ps(0x1p-22f)));
+                const __m512 top = _mm512_add_ps(a, bound);
+                const __m512 kth = _mm512_permutexvar_ps(qi, _mm512_loadu_ps(le_thr + q0));
+                const __mmask16 skip = _mm512_cmp_ps_mask(top, kth, _CMP_LE_OQ) |
+                                       _mm512_cmp_ps_mask(top, _mm512_permutexvar_ps(qi, fv), _CMP_LT_OQ);
+                for (unsigned todo = valid & ~skip; todo; todo &= todo - 1) { /* rare after the first rows */
+                    const int i = base + __builtin_ctz(todo), r = r_of[nq - 1][i], q = q_of[nq - 1][i];
                     Heap *h = &heaps[q0 + q];
-                    const float a = sc[r * nq + q];
-                    const float bound = gnorm[r] * fq.coef[q0 + q] + fq.offset[q0 + q] + fabsf(a) * 0x1p-22f;
-                    const float top = a + bound; /* >= the exact score (NaN where the FP16 sums overflowed) */
-                    const int below_floor = floors && top < floors[q0 + q];
-                    if (!below_floor && (h->size < h->cap || !(top <= h->score[0]))) {
-                        float e;
-                        tile_avx512_f16(rows + r * d, d, packed + (q0 + q) * qs, 1, 1, &e, NULL);
-                        heap_offer(h, e, r0 + r);
-                    }
+                    float e;
+                    tile_avx512_f16(rows + r * d, d, packed + (q0 + q) * qs, 1, 1, &e, NULL);
+                    heap_offer(h, e, r0 + r);
+                    if (h->size == h->cap) le_thr[q0 + q] = h->score[0];
                 }
+            }
             q0 += nq;
         }
     }
+    free(le_thr);
     free(fq.qh);
     free(fq.inv_scale);
     return 1;
