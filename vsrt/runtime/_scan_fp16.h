@@ -51,6 +51,11 @@ typedef struct {
     float norm_rel, norm_abs;         /* |g|^2 <= (N + norm_abs) / (1 - norm_rel) */
 } F16Queries;
 
+/* The first min(left, 16) of 16 lanes. */
+static inline __mmask16 f16_mask16(int64_t left) {
+    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+}
+
 static inline double f16_gamma(double n) { return n * 0x1p-11 / (1.0 - n * 0x1p-11); }
 
 /* Scales, rounds and packs the queries (rows `d` floats apart) and computes the bound constants. Returns 0 if out of
@@ -79,7 +84,7 @@ FP16_TARGET static int f16_prepare(const float *queries, int64_t m, int64_t d, F
         uint16_t *h = fq->qh + q * fq->qhs;
         __m512 big16 = _mm512_setzero_ps();
         for (int64_t i = 0; i < d; i += 16) {
-            const __mmask16 mk = d - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (d - i)) - 1u);
+            const __mmask16 mk = f16_mask16(d - i);
             big16 = _mm512_max_ps(big16, _mm512_abs_ps(_mm512_maskz_loadu_ps(mk, x + i)));
         }
         const float big = _mm512_reduce_max_ps(big16); /* NaN and inf are caught by the sums below */
@@ -89,7 +94,7 @@ FP16_TARGET static int f16_prepare(const float *queries, int64_t m, int64_t d, F
         const __m512 sv = _mm512_set1_ps(s);
         __m512d qn8 = _mm512_setzero_pd(), qtn8 = _mm512_setzero_pd();
         for (int64_t i = 0; i < d; i += 16) {
-            const __mmask16 mk = d - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (d - i)) - 1u);
+            const __mmask16 mk = f16_mask16(d - i);
             const __m512 v = _mm512_maskz_loadu_ps(mk, x + i);
             /* exact scaling by a power of two (no float32 under/overflow at these sizes), then round to FP16 */
             const __m256i hv = _mm512_cvtps_ph(_mm512_mul_ps(v, sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -252,10 +257,7 @@ FP16_TARGET static int scan_block_f16(const char *codes, int64_t n, int64_t d, c
             const float *inv = fq.inv_scale + q0;
             const int64_t ahead = r0 + PREFETCH_TILES * F16_ROWS;
             if (nr == F16_ROWS && ahead + F16_ROWS <= n) { /* each group prefetches its share of the next tile */
-                const int64_t share = ((tile_bytes + groups - 1) / groups + 63) / 64 * 64;
-                const int64_t lo = g * share < tile_bytes ? g * share : tile_bytes;
-                const int64_t hi = lo + share < tile_bytes ? lo + share : tile_bytes;
-                Prefetch pf = prefetch_plan(codes + (size_t)ahead * d * 2 + lo, hi - lo, steps);
+                Prefetch pf = prefetch_share(codes + (size_t)ahead * d * 2, tile_bytes, g, groups, steps);
                 F16_TILES[0][nq - 1](rows, d, qh, fq.qhs, inv, sc, g ? NULL : nrm, &pf);
             } else if (nr == F16_ROWS) {
                 F16_TILES[0][nq - 1](rows, d, qh, fq.qhs, inv, sc, g ? NULL : nrm, NULL);
@@ -275,7 +277,7 @@ FP16_TARGET static int scan_block_f16(const char *codes, int64_t n, int64_t d, c
             const __m512 gv = _mm512_loadu_ps(gnorm), cv = _mm512_loadu_ps(fq.coef + q0);
             const __m512 ov = _mm512_loadu_ps(fq.offset + q0), fv = _mm512_loadu_ps(lt_thr + q0);
             for (int base = 0; base < pairs; base += 16) {
-                const __mmask16 valid = pairs - base >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (pairs - base)) - 1u);
+                const __mmask16 valid = f16_mask16(pairs - base);
                 const __m512i qi = _mm512_loadu_si512(q_of[nq - 1] + base), ri = _mm512_loadu_si512(r_of[nq - 1] + base);
                 const __m512 a = _mm512_maskz_loadu_ps(valid, sc + base);
                 const __m512 bound = _mm512_add_ps(

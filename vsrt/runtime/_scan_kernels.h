@@ -150,6 +150,15 @@ static inline Prefetch prefetch_plan(const char *next, int64_t len, int64_t iter
     return pf;
 }
 
+/* Share `part` of `parts` (whole 64-byte lines, in order) of the tile_bytes at `next`, spread over `iters` steps: the
+ * query tiles (or groups) that read one row tile each prefetch their part of the next. */
+static inline Prefetch prefetch_share(const char *next, int64_t tile_bytes, int64_t part, int64_t parts, int64_t iters) {
+    const int64_t share = ((tile_bytes + parts - 1) / parts + 63) / 64 * 64;
+    const int64_t lo = part * share < tile_bytes ? part * share : tile_bytes;
+    const int64_t hi = lo + share < tile_bytes ? lo + share : tile_bytes;
+    return prefetch_plan(next + lo, hi - lo, iters);
+}
+
 static inline __attribute__((always_inline)) void prefetch_step(Prefetch *pf) {
     if (pf && pf->p < pf->end && ++pf->count >= pf->every) {
         pf->count = 0;
@@ -300,7 +309,6 @@ DEFINE_AVX2_TILE(i8, CODE_I8)
 
 #include "_scan_fp16.h"
 
-
 #if defined(__aarch64__)
 /* AArch64 (Jetson): NEON, 4 lanes, 32 registers: 4 rows x 6 queries = 24 accumulators. */
 #include <arm_neon.h>
@@ -364,8 +372,7 @@ static int cpu_has(int isa) {
 #if VSRT_FP16
     if (isa == ISA_AVX512FP16) { /* CPUID.(7,0):EDX[23]; the OS saves zmm state if AVX-512 F is usable */
         unsigned a, b, c, dx;
-        return avx512 && __builtin_cpu_supports("avx512bw") && __get_cpuid_count(7, 0, &a, &b, &c, &dx) &&
-               (dx & (1u << 23));
+        return cpu_has(ISA_AVX512) && __get_cpuid_count(7, 0, &a, &b, &c, &dx) && (dx & (1u << 23));
     }
 #endif
     if (isa == ISA_AVX2) return avx2;
@@ -446,10 +453,7 @@ static void scan_block_packed(const Isa *isa, int kind, const char *codes, int64
             if (nr == rows_per_tile) { /* each query tile prefetches its share of the next row tile */
                 const int64_t ahead = r0 + PREFETCH_TILES * rows_per_tile;
                 if (ahead + rows_per_tile <= n) {
-                    const int64_t share = ((tile_bytes + tiles - 1) / tiles + 63) / 64 * 64;
-                    const int64_t lo = t * share < tile_bytes ? t * share : tile_bytes;
-                    const int64_t hi = lo + share < tile_bytes ? lo + share : tile_bytes;
-                    Prefetch pf = prefetch_plan(codes + (size_t)ahead * row_bytes + lo, hi - lo, d / isa->lanes);
+                    Prefetch pf = prefetch_share(codes + (size_t)ahead * row_bytes, tile_bytes, t, tiles, d / isa->lanes);
                     tile(codes + (size_t)r0 * row_bytes, d, qs, nr, nq, dots, &pf);
                 } else {
                     tile(codes + (size_t)r0 * row_bytes, d, qs, nr, nq, dots, NULL);
