@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,9 +16,12 @@ from vsrt.errors import InputError
 from vsrt.runtime.gallery import Gallery
 from vsrt.runtime.rerank import PairwiseModelScorer, two_stage_search
 from vsrt.runtime.search import (
+    DEFAULT_NATIVE_BLOCK_BYTES,
+    NATIVE_BLOCKS_PER_THREAD,
     FaissSearcher,
     SearchResult,
     brute_force,
+    default_block_rows,
     exact_search,
     native_kernel_info,
     recall_vs_exact,
@@ -51,6 +58,44 @@ def test_exact_search_equals_brute_force(tmp_path: Path, storage: str, kernel: s
         assert np.allclose(res.scores, ref_s, atol=1e-5)
     one = g.search(q[3], 5, kernel=kernel)  # a single query as a vector
     assert np.array_equal(one.indices[0], ref_i[3, :5])
+
+
+def test_native_blocks_are_large_but_spread_over_the_threads() -> None:
+    cap = DEFAULT_NATIVE_BLOCK_BYTES // (2048 * 2)
+    assert default_block_rows(2048, np.float16, "native") == cap  # no gallery size given: the byte cap
+    assert default_block_rows(2048, np.float16, "native", 1_000_000, 2) == cap  # 1M rows: capped, 62 blocks
+    assert default_block_rows(2048, np.float32, "native", 1_000_000, 2) == cap // 2
+    assert default_block_rows(2048, np.int8, "native", 1_000_000, 2) == cap * 2
+    for total, threads in [(100_000, 2), (60_000, 3), (20_000, 2), (9_999, 4)]:
+        rows = default_block_rows(2048, np.float16, "native", total, threads)
+        assert rows <= cap and -(-total // rows) >= threads * NATIVE_BLOCKS_PER_THREAD, (total, threads, rows)
+    assert default_block_rows(2048, np.float16, "native", 1000, 2) == 256  # never below 256 rows per call
+    assert default_block_rows(2048, np.float16, "ort", 1_000_000, 2) == default_block_rows(2048, np.float16, "ort")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_search_works_in_a_forked_child_after_the_parent_searched() -> None:
+    """The block-scanning pool is process-wide; a forked child (no worker threads) must start its own, not hang."""
+    codes = unit(np.random.default_rng(3), 5000, D).astype(np.float16)
+    q = unit(np.random.default_rng(4), 3, D)
+    ref = exact_search([(0, codes, None)], q, 5, block_rows=256, threads=2)  # the parent's pool now exists
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_search_into, args=(out, codes, q))
+    with warnings.catch_warnings():  # Python >= 3.12 warns about forking a process that has threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("search in a forked child did not finish within 60 s")
+    assert child.exitcode == 0
+    got = out.get(timeout=5)
+    assert np.array_equal(got, ref[1])
+
+
+def _search_into(out: Any, codes: np.ndarray, q: np.ndarray) -> None:
+    out.put(exact_search([(0, codes, None)], q, 5, block_rows=256, threads=2)[1])
 
 
 def test_ties_break_by_index_whatever_the_blocks() -> None:

@@ -57,8 +57,38 @@ KERNELS = ("auto", "native", "ort", "numpy")
 DEFAULT_BLOCK_BYTES = 4 << 20
 #: an FP32 block by default: no conversion, so larger blocks (fewer calls) are faster
 DEFAULT_FP32_BLOCK_BYTES = 16 << 20
-#: stored bytes per block for the native kernel (it writes nothing block-sized; blocks only spread the threads)
-DEFAULT_NATIVE_BLOCK_BYTES = 16 << 20
+#: stored bytes per block for the native kernel, at most. It writes nothing block-sized (blocks only spread the
+#: threads), but every block is a call with its own query set-up and result merge: measured on 1M × 2048 FP16, 64 MB
+#: blocks searched 7–15 % faster than 16 MB blocks at 1, 4 and 8 queries
+DEFAULT_NATIVE_BLOCK_BYTES = 64 << 20
+#: native blocks per thread, at least, where the gallery is large enough: smaller galleries get smaller blocks, so
+#: that no thread waits long for the last one
+NATIVE_BLOCKS_PER_THREAD = 4
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _scan_pool(threads: int) -> ThreadPoolExecutor:
+    """The process's pool of ``threads`` block-scanning workers, started once (a new pool per search cost about
+    0.3 ms, measured: 1 % of a 100K-item search)."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(threads)
+        if pool is None:
+            pool = _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix=f"vsrt-scan{threads}")
+        return pool
+
+
+def _forget_pools_after_fork() -> None:
+    """A forked child has none of its parent's worker threads: it starts its own pools."""
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
 def default_threads() -> int:
@@ -72,13 +102,19 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_block_rows(dim: int, dtype: np.dtype | type = np.float16, kernel: str = "ort") -> int:
+def default_block_rows(dim: int, dtype: np.dtype | type = np.float16, kernel: str = "ort",
+                       total_rows: int | None = None, threads: int = 1) -> int:
     """Rows per block. ``ort``/``numpy``: :data:`DEFAULT_BLOCK_BYTES` of float32 for converted codes,
-    :data:`DEFAULT_FP32_BLOCK_BYTES` for FP32 codes; ``native``: :data:`DEFAULT_NATIVE_BLOCK_BYTES` of stored codes.
-    At least 256 rows, so the per-call overhead stays small."""
+    :data:`DEFAULT_FP32_BLOCK_BYTES` for FP32 codes; ``native``: :data:`DEFAULT_NATIVE_BLOCK_BYTES` of stored codes,
+    or fewer where ``total_rows`` would otherwise give ``threads`` threads under :data:`NATIVE_BLOCKS_PER_THREAD`
+    blocks each. At least 256 rows, so the per-call overhead stays small."""
     dt = np.dtype(dtype)
     if kernel == "native":
-        return int(max(256, DEFAULT_NATIVE_BLOCK_BYTES // max(1, dim * dt.itemsize)))
+        rows = DEFAULT_NATIVE_BLOCK_BYTES // max(1, dim * dt.itemsize)
+        if total_rows is not None:
+            share = -(-int(total_rows) // (max(1, int(threads)) * NATIVE_BLOCKS_PER_THREAD))
+            rows = min(rows, share)
+        return int(max(256, rows))
     budget = DEFAULT_FP32_BLOCK_BYTES if dt == np.float32 else DEFAULT_BLOCK_BYTES
     return int(max(256, budget // max(1, dim * 4)))
 
@@ -410,11 +446,13 @@ def exact_search(
     fn = get_kernel(kernel)
     prepared = fn.prepare(q)
     work: list[tuple[int, np.ndarray, np.ndarray | None]] = []
+    nthreads = max(1, threads or default_threads())
+    total = sum(len(b[1]) for b in blocks)
     for start, codes, scales in blocks:
         n = len(codes)
         if n == 0:
             continue
-        rows = block_rows or default_block_rows(codes.shape[1], codes.dtype, fn.name)
+        rows = block_rows or default_block_rows(codes.shape[1], codes.dtype, fn.name, total, nthreads)
         for lo in range(0, n, rows):
             hi = min(n, lo + rows)
             work.append((start + lo, codes[lo:hi], None if scales is None else scales[lo:hi]))
@@ -430,14 +468,13 @@ def exact_search(
         values, indices = fn(codes, scales, prepared, k)
         return values, indices + start
 
-    nthreads = min(threads or default_threads(), max(1, len(work)))
+    nthreads = min(nthreads, max(1, len(work)))
     if nthreads <= 1:
         for item in work:
             merger.add(*run(item))
     else:
-        with ThreadPoolExecutor(nthreads) as pool:
-            for values, indices in pool.map(run, work):
-                merger.add(values, indices)
+        for values, indices in _scan_pool(nthreads).map(run, work):
+            merger.add(values, indices)
     return merger.result()
 
 
