@@ -208,6 +208,23 @@ def test_unknown_isa_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         NativeKernel()
 
 
+def test_kernel_header_alone_with_the_host_compiler(tmp_path: Path) -> None:
+    """tests/native/scan_check.c built for this machine: prefetch plans cover their shares, and the top-k of the
+    CPU's own kernel and the portable one equal a double-precision brute force (FP16 codes are zeros off AArch64)."""
+    import subprocess
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("needs a C compiler (the native kernel is built with one)")
+    exe = tmp_path / "scan_check"
+    src = Path(__file__).parent / "native" / "scan_check.c"
+    subprocess.run([cc, "-O2", "-std=gnu11", "-Wall", "-Werror", str(src), "-o", str(exe), "-lm"],
+                   check=True, capture_output=True)
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ok (kernel generic)" in out.stdout and "prefetch" not in out.stdout
+
+
 def test_aarch64_kernels_under_qemu(tmp_path: Path) -> None:
     """Jetson's code path (NEON and the portable kernel), cross-compiled and run in qemu: tests/native/scan_check.c."""
     import subprocess

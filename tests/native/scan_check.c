@@ -46,8 +46,43 @@ static int run_topk(const Isa *isa, int kind, const void *codes, int64_t n, int6
 
 static int check(const Isa *isa);
 
+/* Prefetch plans: the steps of a plan (prefetch_at at j = 0, lanes, 2 lanes, ...) touch every 64-byte line of their
+ * share (up to 8 lines a step), none before it and none more than 7 lines past it. */
+static int check_prefetch(void) {
+    int failures = 0;
+    static unsigned char hit[8 * 131 + 16];
+    const int lanes_of[] = {4, 8, 16, 32};
+    for (int li = 0; li < 4; ++li)
+        for (int64_t iters = 1; iters <= 131; iters += 5)
+            for (int64_t len = 0; len <= 8 * 64 * iters; len += 61 + 64 * (iters / 4)) {
+                const int lanes = lanes_of[li];
+                const uintptr_t lo = (uintptr_t)1 << 20; /* addresses only: nothing is read */
+                const Prefetch pf = prefetch_plan((const char *)lo, len, iters, lanes);
+                memset(hit, 0, sizeof hit);
+                int bad = pf.lo != lo || pf.end != lo + (uintptr_t)len || pf.lines < 1 || pf.lines > 8;
+                for (int64_t s = 0; s < iters && !bad; ++s) {
+                    const uintptr_t p = pf.lo + ((uintptr_t)(s * lanes) << pf.shift); /* as prefetch_at */
+                    if (p >= pf.end) continue;
+                    if (p < lo || (p - lo) % 64) bad = 1;
+                    for (int l = 0; l < pf.lines && !bad; ++l) {
+                        const uintptr_t line = (p - lo) / 64 + (uintptr_t)l;
+                        if (line * 64 >= (uintptr_t)len + 7 * 64) bad = 1;
+                        else if (line < sizeof hit) hit[line] = 1;
+                    }
+                }
+                for (int64_t line = 0; line * 64 < len && !bad; ++line)
+                    if (!hit[line]) bad = 1;
+                if (bad && failures++ < 5)
+                    printf("prefetch plan: len %lld, %lld steps of %d lanes: lines %d shift %d\n", (long long)len,
+                           (long long)iters, lanes, pf.lines, pf.shift);
+            }
+    return failures;
+}
+
 int main(void) { /* the CPU's own kernel, and the portable one */
-    int failures = check(isa_table(ISA_AUTO));
+    int failures = check_prefetch();
+    if (failures) printf("prefetch plans: %d failures\n", failures);
+    failures += check(isa_table(ISA_AUTO));
     if (isa_table(ISA_AUTO) != isa_table(ISA_GENERIC)) failures += check(isa_table(ISA_GENERIC));
     return failures ? 1 : 0;
 }

@@ -140,7 +140,7 @@ FP16_TARGET static inline void f16_sums16(const __m512 v[16], float out[16]) {
 /* One step of f16_tile_rq: 32 values of d from j (masked past d when TAIL). */
 #define F16_STEP(TAIL)                                                                                               \
     do {                                                                                                             \
-        prefetch_step(next);                                                                                         \
+        prefetch_at(pf, j);                                                                                          \
         __m512h x[F16_ROWS];                                                                                         \
         for (int r = 0; r < R; ++r)                                                                                  \
             x[r] = _mm512_castsi512_ph(TAIL ? _mm512_maskz_loadu_epi16(tail, rows + r * d + j)                       \
@@ -161,6 +161,7 @@ static inline __attribute__((always_inline)) FP16_TARGET void f16_tile_rq(const 
                                                                          const int Q, const int NORM, float *sc,
                                                                          float *nrm, Prefetch *next) {
     __m512h tot[F16_ROWS][F16_GROUP], ntot[F16_ROWS], acc[F16_ROWS][F16_GROUP], nacc[F16_ROWS];
+    const Prefetch pf = prefetch_or_none(next);
     for (int r = 0; r < R; ++r) {
         ntot[r] = _mm512_setzero_ph();
         for (int q = 0; q < Q; ++q) tot[r][q] = _mm512_setzero_ph();
@@ -257,7 +258,7 @@ FP16_TARGET static int scan_block_f16(const char *codes, int64_t n, int64_t d, c
             const float *inv = fq.inv_scale + q0;
             const int64_t ahead = r0 + PREFETCH_TILES * F16_ROWS;
             if (nr == F16_ROWS && ahead + F16_ROWS <= n) { /* each group prefetches its share of the next tile */
-                Prefetch pf = prefetch_share(codes + (size_t)ahead * d * 2, tile_bytes, g, groups, steps);
+                Prefetch pf = prefetch_share(codes + (size_t)ahead * d * 2, tile_bytes, g, groups, steps, 32);
                 F16_TILES[0][nq - 1](rows, d, qh, fq.qhs, inv, sc, g ? NULL : nrm, &pf);
             } else if (nr == F16_ROWS) {
                 F16_TILES[0][nq - 1](rows, d, qh, fq.qhs, inv, sc, g ? NULL : nrm, NULL);

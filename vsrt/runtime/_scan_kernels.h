@@ -136,34 +136,54 @@ static inline __attribute__((always_inline)) float load_code(const void *codes, 
  * row tile's four, 4 KB apart) evict each other; 64 extra bytes per row spreads them over different sets. */
 static inline int64_t query_stride(int64_t d) { return ((d + 15) & ~(int64_t)15) + 16; }
 
-typedef struct { /* spreads the prefetch of `len` bytes evenly over a kernel's `iters` inner steps */
-    const char *p, *end;
-    int per_step, every, count;
+typedef struct { /* a prefetch plan: `lines` 64-byte lines per inner step, from lo + (j << shift) for the step at j,
+                  * while below end (lo = end = 0: none) */
+    uintptr_t lo, end;
+    int shift, lines;
 } Prefetch;
 
-static inline Prefetch prefetch_plan(const char *next, int64_t len, int64_t iters) {
+/* The prefetch of `len` bytes at `next` spread over a kernel's `iters` inner steps of `lanes` values (a power of two,
+ * at most 64) each: 1, 2, 4 or 8 lines per step, powers of two so that a step's address is its index j shifted (no
+ * state to update per step: measured 10 % more FP16 tile throughput than a counter in memory). A share of fewer lines
+ * than steps is done before the last steps. */
+static inline Prefetch prefetch_plan(const char *next, int64_t len, int64_t iters, int lanes) {
     const int64_t lines = (len + 63) / 64;
-    Prefetch pf = {next, next + len, 1, 1, 0};
     if (iters < 1) iters = 1;
-    if (lines > iters) pf.per_step = (int)((lines + iters - 1) / iters);
-    else if (lines > 0) pf.every = (int)(iters / lines);
+    int per = 1, shift = 0;
+    while (per < 8 && (int64_t)per * iters < lines) per *= 2;
+    while ((1 << shift) * lanes < per * 64) ++shift; /* step s at byte s * per * 64 = j * per * 64 / lanes */
+    const Prefetch pf = {(uintptr_t)next, (uintptr_t)next + (uintptr_t)len, shift, per};
     return pf;
 }
 
-/* Share `part` of `parts` (whole 64-byte lines, in order) of the tile_bytes at `next`, spread over `iters` steps: the
- * query tiles (or groups) that read one row tile each prefetch their part of the next. */
-static inline Prefetch prefetch_share(const char *next, int64_t tile_bytes, int64_t part, int64_t parts, int64_t iters) {
+/* Share `part` of `parts` (whole 64-byte lines, in order) of the tile_bytes at `next`, spread over `iters` steps of
+ * `lanes` values: the query tiles (or groups) that read one row tile each prefetch their part of the next. */
+static inline Prefetch prefetch_share(const char *next, int64_t tile_bytes, int64_t part, int64_t parts, int64_t iters,
+                                      int lanes) {
     const int64_t share = ((tile_bytes + parts - 1) / parts + 63) / 64 * 64;
     const int64_t lo = part * share < tile_bytes ? part * share : tile_bytes;
     const int64_t hi = lo + share < tile_bytes ? lo + share : tile_bytes;
-    return prefetch_plan(next + lo, hi - lo, iters);
+    return prefetch_plan(next + lo, hi - lo, iters, lanes);
 }
 
-static inline __attribute__((always_inline)) void prefetch_step(Prefetch *pf) {
-    if (pf && pf->p < pf->end && ++pf->count >= pf->every) {
-        pf->count = 0;
-        for (int l = 0; l < pf->per_step; ++l) __builtin_prefetch(pf->p + 64 * l, 0, PREFETCH_HINT);
-        pf->p += 64 * pf->per_step;
+/* The plan a kernel follows: *next, or none. */
+static inline Prefetch prefetch_or_none(const Prefetch *next) {
+    const Prefetch none = {0, 0, 0, 1};
+    return next ? *next : none;
+}
+
+/* The prefetches of the inner step at j. */
+static inline __attribute__((always_inline)) void prefetch_at(const Prefetch pf, int64_t j) {
+    const uintptr_t p = pf.lo + ((uintptr_t)j << pf.shift);
+    if (p < pf.end) {
+        __builtin_prefetch((const void *)p, 0, PREFETCH_HINT);
+        if (pf.lines >= 2) __builtin_prefetch((const void *)(p + 64), 0, PREFETCH_HINT);
+        if (pf.lines >= 4) {
+            __builtin_prefetch((const void *)(p + 128), 0, PREFETCH_HINT);
+            __builtin_prefetch((const void *)(p + 192), 0, PREFETCH_HINT);
+        }
+        if (pf.lines >= 8)
+            for (int l = 4; l < 8; ++l) __builtin_prefetch((const void *)(p + 64 * l), 0, PREFETCH_HINT);
     }
 }
 
@@ -196,9 +216,10 @@ typedef void (*TileFn)(const void *rows, int64_t d, const float *queries, int nr
         float acc[ROWS_PER_TILE][MAX_QUERY_TILE][LANES_GENERIC];                                                     \
         memset(acc, 0, sizeof acc);                                                                                  \
         const int64_t qs = query_stride(d);                                                                          \
+        const Prefetch pf = prefetch_or_none(next);                                                                  \
         int64_t j = 0;                                                                                               \
         for (; j + LANES_GENERIC <= d; j += LANES_GENERIC) {                                                         \
-            prefetch_step(next);                                                                                     \
+            prefetch_at(pf, j);                                                                                      \
             float x[ROWS_PER_TILE][LANES_GENERIC];                                                                   \
             for (int r = 0; r < nr; ++r)                                                                             \
                 for (int l = 0; l < LANES_GENERIC; ++l) x[r][l] = load_code(rows, CODE, r * d + j + l);              \
@@ -230,9 +251,10 @@ DEFINE_GENERIC_TILE(i8, CODE_I8)
         for (int r = 0; r < R; ++r)                                                                                  \
             for (int q = 0; q < Q; ++q) acc[r][q] = ZERO();                                                          \
         const int64_t qs = query_stride(d);                                                                          \
+        const Prefetch pf = prefetch_or_none(next);                                                                  \
         int64_t j = 0;                                                                                               \
         for (; j + LANES <= d; j += LANES) {                                                                         \
-            prefetch_step(next);                                                                                     \
+            prefetch_at(pf, j);                                                                                      \
             VEC x[ROWS_PER_TILE];                                                                                    \
             for (int r = 0; r < R; ++r) x[r] = LOADX(rows, r * d + j);                                               \
             for (int q = 0; q < Q; ++q) {                                                                            \
@@ -463,7 +485,8 @@ static void scan_block_packed(const Isa *isa, int kind, const char *codes, int64
             if (nr == rows_per_tile) { /* each query tile prefetches its share of the next row tile */
                 const int64_t ahead = r0 + PREFETCH_TILES * rows_per_tile;
                 if (ahead + rows_per_tile <= n) {
-                    Prefetch pf = prefetch_share(codes + (size_t)ahead * row_bytes, tile_bytes, t, tiles, d / isa->lanes);
+                    Prefetch pf = prefetch_share(codes + (size_t)ahead * row_bytes, tile_bytes, t, tiles, d / isa->lanes,
+                                                 isa->lanes);
                     tile(codes + (size_t)r0 * row_bytes, d, qs, nr, nq, dots, &pf);
                 } else {
                     tile(codes + (size_t)r0 * row_bytes, d, qs, nr, nq, dots, NULL);
