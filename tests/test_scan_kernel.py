@@ -208,6 +208,22 @@ def test_unknown_isa_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         NativeKernel()
 
 
+@needs_native
+def test_fma_rate_probe() -> None:
+    """The benchmark's compute-ceiling probe: positive float32 rate on x86 with AVX2 or AVX-512, FP16 only with
+    AVX512-FP16 (about twice the float32 rate there), a clear error for an unknown kind."""
+    from vsrt.runtime import _scan
+
+    f32, f16 = _scan.fma_rate(0, 0.05), _scan.fma_rate(1, 0.05)
+    isas = set(INFO["isas"])
+    assert (f32 > 1e9) == bool(isas & {"avx2", "avx512"})
+    assert (f16 > 1e9) == ("avx512fp16" in isas)
+    if f16:
+        assert f16 > f32  # 32 lanes per FMA instead of 16 (this shared machine's speed varies, hence no tighter bound)
+    with pytest.raises(ValueError, match="kind"):
+        _scan.fma_rate(2)
+
+
 def test_kernel_header_alone_with_the_host_compiler(tmp_path: Path) -> None:
     """tests/native/scan_check.c built for this machine: prefetch plans cover their shares, and the top-k of the
     CPU's own kernel and the portable one equal a double-precision brute force (FP16 codes are zeros off AArch64)."""

@@ -16,6 +16,7 @@
 #include <Python.h>
 
 #include <math.h>
+#include <time.h>
 
 #include "_scan_kernels.h"
 
@@ -140,6 +141,90 @@ static uint64_t stream_sum(const uint64_t *w, int64_t words) {
     return total;
 }
 
+/* A multiply-add rate probe for benchmarks/search.py, as stream_sum is a bandwidth one: FMAs into 16 independent
+ * accumulators in registers (no memory traffic), `iters` rounds; float32 with AVX-512 or AVX2 + FMA, or FP16 with
+ * AVX512-FP16. Returns the flops done (0 where the CPU cannot), the accumulators' sum into *sink. */
+#if VSRT_X86
+AVX512_TARGET static double fma_rounds_avx512(int64_t iters, float *sink) {
+    __m512 a[16];
+    const __m512 x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(0.001f);
+    for (int i = 0; i < 16; ++i) a[i] = _mm512_set1_ps(0.01f * (float)i);
+    for (int64_t it = 0; it < iters; ++it)
+        for (int i = 0; i < 16; ++i) a[i] = _mm512_fmadd_ps(a[i], x, y);
+    for (int i = 1; i < 16; ++i) a[0] = _mm512_add_ps(a[0], a[i]);
+    *sink += _mm512_reduce_add_ps(a[0]);
+    return (double)iters * 16 * 16 * 2;
+}
+AVX2_TARGET static double fma_rounds_avx2(int64_t iters, float *sink) {
+    __m256 a[16];
+    const __m256 x = _mm256_set1_ps(0.999f), y = _mm256_set1_ps(0.001f);
+    for (int i = 0; i < 16; ++i) a[i] = _mm256_set1_ps(0.01f * (float)i);
+    for (int64_t it = 0; it < iters; ++it)
+        for (int i = 0; i < 16; ++i) a[i] = _mm256_fmadd_ps(a[i], x, y);
+    for (int i = 1; i < 16; ++i) a[0] = _mm256_add_ps(a[0], a[i]);
+    *sink += hsum256(a[0]);
+    return (double)iters * 16 * 8 * 2;
+}
+#endif
+#if VSRT_FP16
+FP16_TARGET static double fma_rounds_fp16(int64_t iters, float *sink) {
+    __m512h a[16];
+    const __m512h x = _mm512_set1_ph((_Float16)0.999f), y = _mm512_set1_ph((_Float16)0.001f);
+    for (int i = 0; i < 16; ++i) a[i] = _mm512_set1_ph((_Float16)(0.01f * (float)i));
+    for (int64_t it = 0; it < iters; ++it)
+        for (int i = 0; i < 16; ++i) a[i] = _mm512_fmadd_ph(a[i], x, y);
+    for (int i = 1; i < 16; ++i) a[0] = _mm512_add_ph(a[0], a[i]);
+    *sink += f16_widen(a[0])[0];
+    return (double)iters * 16 * 32 * 2;
+}
+#endif
+
+static double fma_rounds(int kind, int64_t iters, float *sink) {
+#if VSRT_FP16
+    if (kind == 1) return cpu_has(ISA_AVX512FP16) ? fma_rounds_fp16(iters, sink) : 0.0;
+#endif
+#if VSRT_X86
+    if (kind == 0 && cpu_has(ISA_AVX512)) return fma_rounds_avx512(iters, sink);
+    if (kind == 0 && cpu_has(ISA_AVX2)) return fma_rounds_avx2(iters, sink);
+#endif
+    (void)kind, (void)iters, (void)sink;
+    return 0.0;
+}
+
+static double now_seconds(void) {
+#if defined(CLOCK_MONOTONIC)
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+#else
+    return 0.0;
+#endif
+}
+
+static PyObject *py_fma_rate(PyObject *self, PyObject *args) {
+    (void)self;
+    int kind = 0;
+    double seconds = 0.2;
+    if (!PyArg_ParseTuple(args, "i|d", &kind, &seconds)) return NULL;
+    if (kind != 0 && kind != 1) {
+        PyErr_SetString(PyExc_ValueError, "fma_rate: kind is 0 (float32) or 1 (FP16)");
+        return NULL;
+    }
+    double flops = 0.0, elapsed = 0.0;
+    float sink = 0.0f;
+    Py_BEGIN_ALLOW_THREADS
+    const double t0 = now_seconds();
+    do {
+        const double f = fma_rounds(kind, 1 << 16, &sink);
+        if (f == 0.0) break;
+        flops += f;
+        elapsed = now_seconds() - t0;
+    } while (elapsed < seconds && elapsed > 0.0);
+    Py_END_ALLOW_THREADS
+    if (!isfinite(sink)) flops = 0.0; /* keeps the sums alive; never expected */
+    return PyFloat_FromDouble(flops > 0.0 && elapsed > 0.0 ? flops / elapsed : 0.0);
+}
+
 static PyObject *py_stream_sum(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer buf = {0};
@@ -157,6 +242,10 @@ static PyMethodDef methods[] = {
     {"stream_sum", py_stream_sum, METH_VARARGS,
      "stream_sum(buffer) -> int: the wrapping sum of its 64-bit words (a read-bandwidth probe). Releases the GIL."},
     {"isa", py_isa, METH_VARARGS, "isa(isa=0) -> the kernel name used for that request on this CPU, or None."},
+    {"fma_rate", py_fma_rate, METH_VARARGS,
+     "fma_rate(kind, seconds=0.2) -> float: this thread's multiply-add flops per second (FMAs in registers, no memory "
+     "traffic), kind 0 float32 (AVX-512 or AVX2) or 1 FP16 (AVX512-FP16); 0.0 where the CPU has none. Releases the "
+     "GIL."},
     {NULL, NULL, 0, NULL},
 };
 
