@@ -440,9 +440,9 @@ def _series(rows: list[dict[str, Any]], n: int) -> list[tuple[tuple[str, str], s
 
 
 def _on_fp16_kernel(r: dict[str, Any]) -> bool:
-    """Whether the row's search ran on the AVX512-FP16 kernel (vsrt, FP16 storage, a batch, that kernel built)."""
-    return (r["engine"] == "vsrt" and r["storage"] == "fp16" and r["batch"] >= 2
-            and native_kernel_info().get("isa") == "avx512fp16")
+    """Whether the row's search ran on the AVX512-FP16 kernel, given that it is the one built (vsrt, FP16 storage,
+    a batch)."""
+    return r["engine"] == "vsrt" and r["storage"] == "fp16" and r["batch"] >= 2
 
 
 def _write(name: str, rows: list[dict[str, Any]], load_before: tuple[float, float, float],
@@ -451,6 +451,7 @@ def _write(name: str, rows: list[dict[str, Any]], load_before: tuple[float, floa
     """Ratios against the best bandwidth measured so far; JSON and plot written (again after every size)."""
     bw = max(*bw_before.values(), *(bw_after or {}).values())
     f16_peak = max(fma.get("fp16_2_threads", 0.0) for fma in fma_peaks_seen)
+    fp16_kernel = native_kernel_info().get("isa") == "avx512fp16"
     for r in rows:
         if "skipped" in r:
             continue
@@ -459,7 +460,7 @@ def _write(name: str, rows: list[dict[str, Any]], load_before: tuple[float, floa
         if "median_ms" in r:
             r["ratio_to_bandwidth_limit"] = r["median_ms"] / r["bandwidth_limit_ms"]
             r["ratio_to_roofline"] = r["median_ms"] / r["roofline_ms"]
-        if f16_peak and _on_fp16_kernel(r):  # its true ceiling: the FP16 FMA peak, not the float32 GEMM rate
+        if f16_peak and fp16_kernel and _on_fp16_kernel(r):  # its ceiling: the FP16 FMA peak, not the GEMM rate
             r["fp16_fma_limit_ms"] = 2 * r["n"] * r["dim"] * r["batch"] / (f16_peak * 1e9) * 1e3
             r["fp16_roofline_ms"] = max(r["bandwidth_limit_ms"], r["fp16_fma_limit_ms"])
             if "median_ms" in r:

@@ -144,39 +144,28 @@ static uint64_t stream_sum(const uint64_t *w, int64_t words) {
 /* A multiply-add rate probe for benchmarks/search.py, as stream_sum is a bandwidth one: FMAs into 16 independent
  * accumulators in registers (no memory traffic), `iters` rounds; float32 with AVX-512 or AVX2 + FMA, or FP16 with
  * AVX512-FP16. Returns the flops done (0 where the CPU cannot), the accumulators' sum into *sink. */
+/* NAME(iters, sink): the rounds with vectors VEC of LANES values (SET1, FMA, ADD; SUM: one lane total as float). */
+#define DEFINE_FMA_ROUNDS(NAME, TARGET, VEC, LANES, SCALAR, SET1, FMA, ADD, SUM)                                     \
+    TARGET static double NAME(int64_t iters, float *sink) {                                                          \
+        VEC a[16];                                                                                                   \
+        const VEC x = SET1((SCALAR)0.999f), y = SET1((SCALAR)0.001f);                                                \
+        for (int i = 0; i < 16; ++i) a[i] = SET1((SCALAR)(0.01f * (float)i));                                       \
+        for (int64_t it = 0; it < iters; ++it)                                                                       \
+            for (int i = 0; i < 16; ++i) a[i] = FMA(a[i], x, y);                                                     \
+        for (int i = 1; i < 16; ++i) a[0] = ADD(a[0], a[i]);                                                         \
+        *sink += SUM(a[0]);                                                                                          \
+        return (double)iters * 16 * LANES * 2;                                                                       \
+    }
 #if VSRT_X86
-AVX512_TARGET static double fma_rounds_avx512(int64_t iters, float *sink) {
-    __m512 a[16];
-    const __m512 x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(0.001f);
-    for (int i = 0; i < 16; ++i) a[i] = _mm512_set1_ps(0.01f * (float)i);
-    for (int64_t it = 0; it < iters; ++it)
-        for (int i = 0; i < 16; ++i) a[i] = _mm512_fmadd_ps(a[i], x, y);
-    for (int i = 1; i < 16; ++i) a[0] = _mm512_add_ps(a[0], a[i]);
-    *sink += _mm512_reduce_add_ps(a[0]);
-    return (double)iters * 16 * 16 * 2;
-}
-AVX2_TARGET static double fma_rounds_avx2(int64_t iters, float *sink) {
-    __m256 a[16];
-    const __m256 x = _mm256_set1_ps(0.999f), y = _mm256_set1_ps(0.001f);
-    for (int i = 0; i < 16; ++i) a[i] = _mm256_set1_ps(0.01f * (float)i);
-    for (int64_t it = 0; it < iters; ++it)
-        for (int i = 0; i < 16; ++i) a[i] = _mm256_fmadd_ps(a[i], x, y);
-    for (int i = 1; i < 16; ++i) a[0] = _mm256_add_ps(a[0], a[i]);
-    *sink += hsum256(a[0]);
-    return (double)iters * 16 * 8 * 2;
-}
+DEFINE_FMA_ROUNDS(fma_rounds_avx512, AVX512_TARGET, __m512, 16, float, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps,
+                  _mm512_reduce_add_ps)
+DEFINE_FMA_ROUNDS(fma_rounds_avx2, AVX2_TARGET, __m256, 8, float, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps,
+                  hsum256)
 #endif
 #if VSRT_FP16
-FP16_TARGET static double fma_rounds_fp16(int64_t iters, float *sink) {
-    __m512h a[16];
-    const __m512h x = _mm512_set1_ph((_Float16)0.999f), y = _mm512_set1_ph((_Float16)0.001f);
-    for (int i = 0; i < 16; ++i) a[i] = _mm512_set1_ph((_Float16)(0.01f * (float)i));
-    for (int64_t it = 0; it < iters; ++it)
-        for (int i = 0; i < 16; ++i) a[i] = _mm512_fmadd_ph(a[i], x, y);
-    for (int i = 1; i < 16; ++i) a[0] = _mm512_add_ph(a[0], a[i]);
-    *sink += f16_widen(a[0])[0];
-    return (double)iters * 16 * 32 * 2;
-}
+#define F16_LANE0(v) (f16_widen(v)[0])
+DEFINE_FMA_ROUNDS(fma_rounds_fp16, FP16_TARGET, __m512h, 32, _Float16, _mm512_set1_ph, _mm512_fmadd_ph, _mm512_add_ph,
+                  F16_LANE0)
 #endif
 
 static double fma_rounds(int kind, int64_t iters, float *sink) {
