@@ -2,7 +2,7 @@
 
 Everything else is declared in ``pyproject.toml``. The extension is optional: where no C compiler is available the
 install still succeeds and search falls back to the ONNX Runtime kernel (``vsrt doctor`` says which is in use).
-After editing ``vsrt/runtime/_scan.c``, ``_scan_kernels.h`` or ``_scan_fp16.h`` in an editable checkout, rebuild it
+After editing ``vsrt/runtime/_scan.c`` or its headers (``_scan_*.h``) in an editable checkout, rebuild it
 in place: ``pip install -e .`` (or ``python setup.py build_ext --inplace``).
 """
 
@@ -25,7 +25,8 @@ setup(
         Extension(
             "vsrt.runtime._scan",
             sources=["vsrt/runtime/_scan.c"],
-            depends=["vsrt/runtime/_scan_kernels.h", "vsrt/runtime/_scan_fp16.h"],
+            depends=["vsrt/runtime/_scan_kernels.h", "vsrt/runtime/_scan_filter.h", "vsrt/runtime/_scan_fp16.h",
+                     "vsrt/runtime/_scan_bf16.h"],
             optional=True,
         )
     ],

@@ -15,9 +15,10 @@ format, memory-mapped), top-10 for query batches of 1, 4, 8 and 32:
 The limit: one pass over the stored bytes at the **measured** read bandwidth (a large array read by numpy's sum and
 by the native module's ``stream_sum`` probe, one and two threads, measured in this run before and after the
 searches; the best is used), and for batches the
-compute roofline (``2·N·D·batch`` flops at the measured float32 GEMM peak of ONNX Runtime's MLAS; for FP16 batches on
-the AVX512-FP16 kernel also at the FP16 FMA peak of the native ``fma_rate`` probe, ``ratio_to_fp16_roofline``: that
-kernel does twice the products per instruction, so the float32 rate is no ceiling for it). Two sets of
+compute roofline (``2·N·D·batch`` flops at the measured float32 GEMM peak of ONNX Runtime's MLAS; for FP16 batches
+that the native kernel filters in FP16 or BF16 arithmetic (AVX512-FP16 / AVX512-BF16 CPUs) also at that arithmetic's
+peak from the native ``fma_rate`` probe, ``ratio_to_filter_roofline``: those filters do twice the products per
+instruction, so the float32 rate is no ceiling for them). Two sets of
 ratios: against the best bandwidth and GEMM rate seen in the whole run (``ratio_to_bandwidth_limit``,
 ``ratio_to_roofline``: conservative), and against both limits sampled right before each timed run
 (``ratio_to_adjacent_*``, medians over the runs: this shared machine's speed drifts by tens of percent within a
@@ -140,16 +141,17 @@ def gemm_peak() -> float:
 
 
 def fma_peaks(seconds: float = 0.2) -> dict[str, float]:
-    """Multiply-add peaks (GFLOP/s; best of 3) of the native module's ``fma_rate`` probe: float32 and FP16 FMAs in
-    registers, 1 and 2 threads. The FP16 peak is the compute ceiling of the AVX512-FP16 scan kernel (the float32 GEMM
-    rate is none: that kernel does twice the products per instruction). Empty where the kernel is not built."""
+    """Multiply-add peaks (GFLOP/s; best of 3) of the native module's ``fma_rate`` probe: float32 FMAs, FP16 FMAs and
+    BF16 dot products in registers, 1 and 2 threads, for the arithmetics this CPU has. The FP16 / BF16 peak is the
+    compute ceiling of the scan kernel's filter for FP16 batches (the float32 GEMM rate is none: the filter does twice
+    the products per instruction). Empty where the kernel is not built."""
     try:
         from vsrt.runtime import _scan
     except ImportError:
         return {}
     out: dict[str, float] = {}
     with ThreadPoolExecutor(2) as pool:
-        for kind, name in ((0, "fp32"), (1, "fp16")):
+        for kind, name in ((0, "fp32"), (1, "fp16"), (2, "bf16")):
             if _scan.fma_rate(kind, 0.01) <= 0:
                 continue
             out[f"{name}_1_thread"] = max(_scan.fma_rate(kind, seconds) for _ in range(3)) / 1e9
@@ -416,10 +418,11 @@ def plot(rows: list[dict[str, Any]], path: Path, bw: float) -> None:
         if comp:
             ax.plot([b for b, _ in comp], [c for _, c in comp], color="0.5", linestyle="--", linewidth=1,
                     label="compute limit (GEMM peak)")
-        f16 = sorted({(r["batch"], r["fp16_fma_limit_ms"]) for r in rows if r["n"] == n and "fp16_fma_limit_ms" in r})
-        if f16:
-            ax.plot([b for b, _ in f16], [c for _, c in f16], color="0.5", linestyle=":", linewidth=1,
-                    label="compute limit FP16 kernel (FP16 FMA peak)")
+        filt = sorted({(r["batch"], r["filter_limit_ms"]) for r in rows if r["n"] == n and "filter_limit_ms" in r})
+        if filt:
+            arith = next(r["filter_arithmetic"] for r in rows if "filter_arithmetic" in r).upper()
+            ax.plot([b for b, _ in filt], [c for _, c in filt], color="0.5", linestyle=":", linewidth=1,
+                    label=f"compute limit FP16 batches ({arith} filter peak)")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("queries per batch")
@@ -439,10 +442,10 @@ def _series(rows: list[dict[str, Any]], n: int) -> list[tuple[tuple[str, str], s
     return [((s, e), f"{colors.get(e, 'C4')}{marks.get(s, 'x-')}") for s, e in keys]
 
 
-def _on_fp16_kernel(r: dict[str, Any]) -> bool:
-    """Whether the row's search ran on the AVX512-FP16 kernel, given that it is the one built (vsrt, FP16 storage,
-    a batch)."""
-    return r["engine"] == "vsrt" and r["storage"] == "fp16" and r["batch"] >= 2
+def _on_filter(r: dict[str, Any], filt: dict[str, Any] | None) -> bool:
+    """Whether the row's search ran through the native kernel's filter ``filt`` (``native_kernel_info()["filter"]``):
+    vsrt, FP16 storage, a batch of its ``min_queries`` or more."""
+    return bool(filt) and r["engine"] == "vsrt" and r["storage"] == "fp16" and r["batch"] >= filt["min_queries"]
 
 
 def _write(name: str, rows: list[dict[str, Any]], load_before: tuple[float, float, float],
@@ -450,8 +453,9 @@ def _write(name: str, rows: list[dict[str, Any]], load_before: tuple[float, floa
            fma_peaks_seen: list[dict[str, float]]) -> tuple[dict[str, Any], float]:
     """Ratios against the best bandwidth measured so far; JSON and plot written (again after every size)."""
     bw = max(*bw_before.values(), *(bw_after or {}).values())
-    f16_peak = max(fma.get("fp16_2_threads", 0.0) for fma in fma_peaks_seen)
-    fp16_kernel = native_kernel_info().get("isa") == "avx512fp16"
+    info = native_kernel_info()
+    filt = info.get("filter")
+    filter_peak = max(fma.get(f"{filt['arithmetic']}_2_threads", 0.0) for fma in fma_peaks_seen) if filt else 0.0
     for r in rows:
         if "skipped" in r:
             continue
@@ -460,18 +464,19 @@ def _write(name: str, rows: list[dict[str, Any]], load_before: tuple[float, floa
         if "median_ms" in r:
             r["ratio_to_bandwidth_limit"] = r["median_ms"] / r["bandwidth_limit_ms"]
             r["ratio_to_roofline"] = r["median_ms"] / r["roofline_ms"]
-        if f16_peak and fp16_kernel and _on_fp16_kernel(r):  # its ceiling: the FP16 FMA peak, not the GEMM rate
-            r["fp16_fma_limit_ms"] = 2 * r["n"] * r["dim"] * r["batch"] / (f16_peak * 1e9) * 1e3
-            r["fp16_roofline_ms"] = max(r["bandwidth_limit_ms"], r["fp16_fma_limit_ms"])
+        if filter_peak and _on_filter(r, filt):  # its ceiling: the filter arithmetic's peak, not the GEMM rate
+            r["filter_arithmetic"] = filt["arithmetic"]
+            r["filter_limit_ms"] = 2 * r["n"] * r["dim"] * r["batch"] / (filter_peak * 1e9) * 1e3
+            r["filter_roofline_ms"] = max(r["bandwidth_limit_ms"], r["filter_limit_ms"])
             if "median_ms" in r:
-                r["ratio_to_fp16_roofline"] = r["median_ms"] / r["fp16_roofline_ms"]
+                r["ratio_to_filter_roofline"] = r["median_ms"] / r["filter_roofline_ms"]
     data = {
         "benchmark": "search",
         "complete": bw_after is not None,
         "k": K,
         "machine": {**machine(), **system_metadata()},
         "threads": default_threads(),
-        "native_kernel": native_kernel_info(),
+        "native_kernel": info,
         "load_average": {"before": load_before, "after": os.getloadavg(),
                          "note": "1/5/15-minute load averages of this (shared) machine; above the core count, "
                                  "other processes were competing for the CPU and memory bandwidth"},
@@ -479,7 +484,7 @@ def _write(name: str, rows: list[dict[str, Any]], load_before: tuple[float, floa
         "gemm_peak_gflops": peak,
         "fma_peak_gflops": {"before": fma_peaks_seen[0],
                             "after": fma_peaks_seen[1] if len(fma_peaks_seen) > 1 else None,
-                            "fp16_used": f16_peak or None},
+                            "filter_used": filter_peak or None},
         "results": rows,
     }
     write_results(name, data)
@@ -546,11 +551,12 @@ def main() -> int:
     fma_seen.append(fma_peaks())
     data, bw = _write(args.name, rows, load_before, bw_before, bw_after, peak, fma_seen)
     out = RESULTS / f"{args.name}.json"
-    f16 = data["fma_peak_gflops"]["fp16_used"]
+    filter_peak = data["fma_peak_gflops"]["filter_used"]
+    arith = (data["native_kernel"].get("filter") or {}).get("arithmetic", "").upper()
     print(f"read bandwidth {bw:.1f} GB/s, GEMM peak {peak:.0f} GFLOP/s"
-          + (f", FP16 FMA peak {f16:.0f} GFLOP/s" if f16 else "") + f"; results: {out}")
+          + (f", {arith} filter peak {filter_peak:.0f} GFLOP/s" if filter_peak else "") + f"; results: {out}")
     print(f"{'n':>8} {'storage':>7} {'batch':>5} {'engine':>10} {'median ms':>10} {'per query':>10} "
-          f"{'x BW limit':>10} {'x roofline':>10} {'x BW adj':>9} {'x roof adj':>10} {'x f16 roof':>10} "
+          f"{'x BW limit':>10} {'x roofline':>10} {'x BW adj':>9} {'x roof adj':>10} {'x filt roof':>11} "
           f"{'vs numpy':>8} {'recall':>7}")
     for r in rows:
         if "median_ms" not in r:
@@ -559,7 +565,7 @@ def main() -> int:
         print(f"{r['n']:>8} {r['storage']:>7} {r['batch']:>5} {r['engine']:>10} {r['median_ms']:>10.1f} "
               f"{r['per_query_ms']:>10.2f} {r['ratio_to_bandwidth_limit']:>10.2f} {r['ratio_to_roofline']:>10.2f} "
               f"{r['ratio_to_adjacent_bandwidth_limit']:>9.2f} {r['ratio_to_adjacent_roofline']:>10.2f} "
-              f"{r.get('ratio_to_fp16_roofline', float('nan')):>10.2f} "
+              f"{r.get('ratio_to_filter_roofline', float('nan')):>11.2f} "
               f"{r.get('speedup_vs_numpy', float('nan')):>8.1f} {r['recall_at_10_vs_exact_fp32']:>7.3f}")
     print(json.dumps({"load_average": {k: data["load_average"][k] for k in ("before", "after")}}))
     return 0

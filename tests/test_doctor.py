@@ -114,6 +114,12 @@ def test_search_kernel_check() -> None:
                                                "vsrt.runtime._scan": scan}))
     check = _by_name(diagnose(built))["search-kernel"]
     assert check.status == "ok" and "'avx2'" in check.detail and check.data["isas"] == ["avx2", "generic"]
+    assert check.data["filter"] is None and "filtered" not in check.detail
+    scan.isa = lambda i=0: {0: "avx512bf16", 1: "generic", 6: "avx512bf16"}.get(i)
+    scan.filter = lambda i=0: {"arithmetic": "bf16", "min_queries": 6, "rows": 3, "queries_per_tile": 8}
+    check = _by_name(diagnose(built))["search-kernel"]
+    assert "'avx512bf16'" in check.detail and "6+ queries filtered in BF16" in check.detail
+    assert check.data["filter"]["arithmetic"] == "bf16"
 
     def no_scan(name: str):
         if name == "vsrt.runtime._scan":

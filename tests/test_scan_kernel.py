@@ -24,7 +24,7 @@ def test_native_kernel_is_built_where_a_compiler_exists() -> None:
     assert INFO["available"], INFO.get("error")
     assert "generic" in INFO["isas"] and INFO["isa"] in INFO["isas"]
     if sys.platform.startswith("linux") and "avx2" in Path("/proc/cpuinfo").read_text():
-        assert INFO["isa"] in ("avx2", "avx512", "avx512fp16")  # an x86 SIMD kernel, not the portable fallback
+        assert INFO["isa"] in ("avx2", "avx512", "avx512fp16", "avx512bf16")  # x86 SIMD, not the portable one
 
 
 def _codes(rng: np.random.Generator, n: int, d: int, dtype: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
@@ -94,9 +94,8 @@ def test_ties_keep_the_lower_index(isa: str) -> None:
 
 
 def _fp16_case(rng: np.random.Generator, trial: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """FP16 codes, queries and k for one case of the AVX512-FP16 equality test: random shapes (d with and without
-    a tail of 32), and every 8th case each of the inputs where the FP16 filter is close to its error bound or
-    overflows."""
+    """FP16 codes, queries and k for one case of the filter kernels' equality test: random shapes (d with and without
+    a tail of 32), and every 8th case each of the inputs where a filter is close to its error bound or overflows."""
     n, d = int(rng.integers(1, 400)), int(rng.choice([1, 7, 31, 32, 33, 100, 255, 256, 257, 500, 2048]))
     m, k = int(rng.integers(2, 20)), int(rng.integers(1, 40))
     x = rng.standard_normal((n, d)).astype(np.float32)
@@ -106,9 +105,11 @@ def _fp16_case(rng: np.random.Generator, trial: int) -> tuple[np.ndarray, np.nda
         x[:] = x[0]
     elif mode == 2:  # near duplicates: scores within the filter's error of each other
         x[rng.random(n) < 0.5] = x[0] + 1e-3 * rng.standard_normal(d)
-    elif mode == 3:  # norms from 1e-6 (FP16 subnormals) to 1e2; queries from 1e-20 to 1e20
-        x *= 10.0 ** rng.integers(-6, 3, (n, 1))
+    elif mode == 3:  # norms from 1e-6 (FP16 subnormals) to 1e2; queries from 1e-20 to 1e20, some from 1e-45 (float32
+        x *= 10.0 ** rng.integers(-6, 3, (n, 1))  # subnormals, which BF16 reads as 0) to 1e33 (past the BF16 bound)
         q *= 10.0 ** rng.integers(-20, 21, (m, 1))
+        if trial % 16 == 11:
+            q *= 10.0 ** rng.integers(-25, 14, (m, 1))
     elif mode == 4:  # a zero query, a tiny one, a huge one and one with NaN or infinity
         q[0] = 0.0
         q[-1] *= 1e-30
@@ -124,14 +125,17 @@ def _fp16_case(rng: np.random.Generator, trial: int) -> tuple[np.ndarray, np.nda
     return x.astype(np.float16), q, k
 
 
-@pytest.mark.skipif("avx512fp16" not in ISAS, reason="this CPU has no AVX512-FP16 (or the kernel is not built)")
-def test_avx512fp16_equals_avx512_bit_for_bit() -> None:
-    """The FP16 filter plus exact re-score gives the AVX-512 kernel's scores and indices exactly, bound included."""
-    fp16, avx512 = NativeKernel("avx512fp16"), NativeKernel("avx512")
+@pytest.mark.parametrize("isa", ["avx512fp16", "avx512bf16"])
+def test_filter_kernels_equal_avx512_bit_for_bit(isa: str) -> None:
+    """The FP16 / BF16 filter plus exact re-score gives the AVX-512 kernel's scores and indices exactly, bound
+    included, for batches of 2 to 19 queries (query groups of every size)."""
+    if isa not in ISAS:
+        pytest.skip(f"this CPU has no {isa.upper().replace('AVX512', 'AVX512-')} (or the kernel is not built)")
+    fast, avx512 = NativeKernel(isa), NativeKernel("avx512")
     rng = np.random.default_rng(11)
     for trial in range(160):
         codes, q, k = _fp16_case(rng, trial)
-        a, b = fp16(codes, None, q, k), avx512(codes, None, q, k)
+        a, b = fast(codes, None, q, k), avx512(codes, None, q, k)
         assert np.array_equal(a[1], b[1]), trial
         assert np.array_equal(a[0], b[0], equal_nan=True), trial
 
@@ -211,27 +215,33 @@ def test_unknown_isa_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 @needs_native
 def test_fma_rate_probe() -> None:
     """The benchmark's compute-ceiling probe: positive float32 rate on x86 with AVX2 or AVX-512, FP16 only with
-    AVX512-FP16 (about twice the float32 rate there), a clear error for an unknown kind."""
+    AVX512-FP16 and BF16 dot products only with AVX512-BF16 (about twice the float32 rate there), a clear error for an
+    unknown kind."""
     from vsrt.runtime import _scan
 
-    f32, f16 = _scan.fma_rate(0, 0.05), _scan.fma_rate(1, 0.05)
+    f32, f16, bf16 = _scan.fma_rate(0, 0.05), _scan.fma_rate(1, 0.05), _scan.fma_rate(2, 0.05)
     isas = set(INFO["isas"])
     assert (f32 > 1e9) == bool(isas & {"avx2", "avx512"})
     assert (f16 > 1e9) == ("avx512fp16" in isas)
-    if f16:
-        assert f16 > f32  # 32 lanes per FMA instead of 16 (this shared machine's speed varies, hence no tighter bound)
+    assert (bf16 > 1e9) == ("avx512bf16" in isas)
+    for rate in (f16, bf16):
+        if rate:  # 32 products per instruction instead of 16 (this shared machine's speed varies: no tighter bound)
+            assert rate > f32
     with pytest.raises(ValueError, match="kind"):
-        _scan.fma_rate(2)
+        _scan.fma_rate(3)
 
 
-def test_kernel_header_alone_with_the_host_compiler(tmp_path: Path) -> None:
-    """tests/native/scan_check.c built for this machine: prefetch plans cover their shares, and the top-k of the
-    CPU's own kernel and the portable one equal a double-precision brute force (FP16 codes are zeros off AArch64)."""
+@pytest.mark.parametrize("compiler", ["cc", "clang"])
+def test_kernel_header_alone_with_the_host_compiler(tmp_path: Path, compiler: str) -> None:
+    """tests/native/scan_check.c built for this machine with the default C compiler and with clang (whose older
+    releases lack some intrinsics the kernels use: those kernels must then be left out, not break the build): prefetch
+    plans cover their shares, and the top-k of the CPU's own kernel and the portable one equal a double-precision
+    brute force (FP16 codes are zeros off AArch64)."""
     import subprocess
 
-    cc = shutil.which("cc") or shutil.which("gcc")
+    cc = shutil.which(compiler) or (compiler == "cc" and shutil.which("gcc"))
     if not cc:
-        pytest.skip("needs a C compiler (the native kernel is built with one)")
+        pytest.skip(f"needs the C compiler '{compiler}' (apt install {'gcc' if compiler == 'cc' else 'clang'})")
     exe = tmp_path / "scan_check"
     src = Path(__file__).parent / "native" / "scan_check.c"
     subprocess.run([cc, "-O2", "-std=gnu11", "-Wall", "-Werror", str(src), "-o", str(exe), "-lm"],

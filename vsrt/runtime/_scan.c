@@ -8,7 +8,9 @@
  * ONNX Runtime (Cast, then MatMul, then TopK, each a separate pass) cannot do.
  *
  * Kernels: AVX-512 (F+BW+VL) and AVX2+FMA+F16C on x86-64, chosen at run time from the CPU; NEON on AArch64 (Jetson);
- * a portable C kernel everywhere (and for tests, `isa=1`). Scores are the
+ * a portable C kernel everywhere (and for tests, `isa=1`). On CPUs with AVX512-FP16 or AVX512-BF16, batches over FP16
+ * codes are filtered in that cheaper arithmetic first and refined by the AVX-512 kernel (_scan_filter.h: the same
+ * results, bit for bit). Scores are the
  * float32 dot product (times the row's scale for INT8); ties at the cut keep the lower row index, like ONNX TopK.
  * The GIL is released during the scan, so Python threads can scan different blocks in parallel.
  */
@@ -34,7 +36,7 @@ PyDoc_STRVAR(topk_doc,
              "Exact top-k inner products of m float32 queries [m, d] over n C-contiguous code rows [n, d]\n"
              "(kind 0 float32, 1 float16, 2 int8; scales: float32 [n] or None). Writes best-first scores\n"
              "[m, k] and row indices [m, k] (int64) and returns min(k, n). isa: 0 auto, 1 generic, 2 avx2,\n"
-             "3 avx512, 4 neon, 5 avx512fp16. floors: float32 [m] or None; rows scoring below floors[q] may be\n"
+             "3 avx512, 4 neon, 5 avx512fp16, 6 avx512bf16. floors: float32 [m] or None; rows scoring below floors[q] may be\n"
              "left out of query q's result, whose missing entries are then score -inf and index -1 (pass a\n"
              "lower bound on each query's final k-th best score, from blocks already scanned). Releases the GIL.");
 
@@ -108,6 +110,17 @@ done:
     return result;
 }
 
+static PyObject *py_filter(PyObject *self, PyObject *args) {
+    (void)self;
+    int isa_id = ISA_AUTO;
+    if (!PyArg_ParseTuple(args, "|i", &isa_id)) return NULL;
+    const Isa *isa = isa_table(isa_id);
+    if (!isa || !isa->filter) Py_RETURN_NONE;
+    const FilterKernel *f = isa->filter;
+    return Py_BuildValue("{s:s,s:i,s:i,s:i}", "arithmetic", f->arithmetic, "min_queries", f->min_queries, "rows",
+                         f->rows, "queries_per_tile", f->group);
+}
+
 static PyObject *py_isa(PyObject *self, PyObject *args) {
     (void)self;
     int isa_id = ISA_AUTO;
@@ -142,13 +155,15 @@ static uint64_t stream_sum(const uint64_t *w, int64_t words) {
 }
 
 /* A multiply-add rate probe for benchmarks/search.py, as stream_sum is a bandwidth one: FMAs into 16 independent
- * accumulators in registers (no memory traffic), `iters` rounds; float32 with AVX-512 or AVX2 + FMA, or FP16 with
- * AVX512-FP16. Returns the flops done (0 where the CPU cannot), the accumulators' sum into *sink. */
-/* NAME(iters, sink): the rounds with vectors VEC of LANES values (SET1, FMA, ADD; SUM: one lane total as float). */
-#define DEFINE_FMA_ROUNDS(NAME, TARGET, VEC, LANES, SCALAR, SET1, FMA, ADD, SUM)                                     \
+ * accumulators in registers (no memory traffic), `iters` rounds; float32 with AVX-512 or AVX2 + FMA, FP16 with
+ * AVX512-FP16, or BF16 dot products (vdpbf16ps, 32 products into 16 float32 lanes) with AVX512-BF16. Returns the
+ * flops done (0 where the CPU cannot), the accumulators' sum into *sink. */
+/* NAME(iters, sink): the rounds with accumulators VEC and operands OPVEC of LANES products per instruction (SET1,
+ * OPSET1, FMA(a, x, y): a multiply-add of a, x and y into a; ADD; SUM: one lane total as float). */
+#define DEFINE_FMA_ROUNDS(NAME, TARGET, VEC, OPVEC, LANES, SCALAR, SET1, OPSET1, FMA, ADD, SUM)                      \
     TARGET static double NAME(int64_t iters, float *sink) {                                                          \
         VEC a[16];                                                                                                   \
-        const VEC x = SET1((SCALAR)0.999f), y = SET1((SCALAR)0.001f);                                                \
+        const OPVEC x = OPSET1((SCALAR)0.999f), y = OPSET1((SCALAR)0.001f);                                          \
         for (int i = 0; i < 16; ++i) a[i] = SET1((SCALAR)(0.01f * (float)i));                                       \
         for (int64_t it = 0; it < iters; ++it)                                                                       \
             for (int i = 0; i < 16; ++i) a[i] = FMA(a[i], x, y);                                                     \
@@ -157,20 +172,31 @@ static uint64_t stream_sum(const uint64_t *w, int64_t words) {
         return (double)iters * 16 * LANES * 2;                                                                       \
     }
 #if VSRT_X86
-DEFINE_FMA_ROUNDS(fma_rounds_avx512, AVX512_TARGET, __m512, 16, float, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps,
-                  _mm512_reduce_add_ps)
-DEFINE_FMA_ROUNDS(fma_rounds_avx2, AVX2_TARGET, __m256, 8, float, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps,
-                  hsum256)
+#define FMA_PS512(a, x, y) _mm512_fmadd_ps(a, x, y)
+DEFINE_FMA_ROUNDS(fma_rounds_avx512, AVX512_TARGET, __m512, __m512, 16, float, _mm512_set1_ps, _mm512_set1_ps,
+                  FMA_PS512, _mm512_add_ps, _mm512_reduce_add_ps)
+#define FMA_PS256(a, x, y) _mm256_fmadd_ps(a, x, y)
+DEFINE_FMA_ROUNDS(fma_rounds_avx2, AVX2_TARGET, __m256, __m256, 8, float, _mm256_set1_ps, _mm256_set1_ps, FMA_PS256,
+                  _mm256_add_ps, hsum256)
 #endif
 #if VSRT_FP16
 #define F16_LANE0(v) (f16_widen(v)[0])
-DEFINE_FMA_ROUNDS(fma_rounds_fp16, FP16_TARGET, __m512h, 32, _Float16, _mm512_set1_ph, _mm512_fmadd_ph, _mm512_add_ph,
-                  F16_LANE0)
+#define FMA_PH512(a, x, y) _mm512_fmadd_ph(a, x, y)
+DEFINE_FMA_ROUNDS(fma_rounds_fp16, FP16_TARGET, __m512h, __m512h, 32, _Float16, _mm512_set1_ph, _mm512_set1_ph,
+                  FMA_PH512, _mm512_add_ph, F16_LANE0)
+#endif
+#if VSRT_BF16
+#define BF16_SET1(f) ((__m512bh)bf16_pack(_mm512_set1_ps(f), _mm512_set1_ps(f)))
+DEFINE_FMA_ROUNDS(fma_rounds_bf16, BF16_TARGET, __m512, __m512bh, 32, float, _mm512_set1_ps, BF16_SET1,
+                  _mm512_dpbf16_ps, _mm512_add_ps, _mm512_reduce_add_ps)
 #endif
 
 static double fma_rounds(int kind, int64_t iters, float *sink) {
 #if VSRT_FP16
     if (kind == 1) return cpu_has(ISA_AVX512FP16) ? fma_rounds_fp16(iters, sink) : 0.0;
+#endif
+#if VSRT_BF16
+    if (kind == 2) return cpu_has(ISA_AVX512BF16) ? fma_rounds_bf16(iters, sink) : 0.0;
 #endif
 #if VSRT_X86
     if (kind == 0 && cpu_has(ISA_AVX512)) return fma_rounds_avx512(iters, sink);
@@ -195,8 +221,8 @@ static PyObject *py_fma_rate(PyObject *self, PyObject *args) {
     int kind = 0;
     double seconds = 0.2;
     if (!PyArg_ParseTuple(args, "i|d", &kind, &seconds)) return NULL;
-    if (kind != 0 && kind != 1) {
-        PyErr_SetString(PyExc_ValueError, "fma_rate: kind is 0 (float32) or 1 (FP16)");
+    if (kind < 0 || kind > 2) {
+        PyErr_SetString(PyExc_ValueError, "fma_rate: kind is 0 (float32), 1 (FP16) or 2 (BF16 dot products)");
         return NULL;
     }
     double flops = 0.0, elapsed = 0.0;
@@ -231,10 +257,13 @@ static PyMethodDef methods[] = {
     {"stream_sum", py_stream_sum, METH_VARARGS,
      "stream_sum(buffer) -> int: the wrapping sum of its 64-bit words (a read-bandwidth probe). Releases the GIL."},
     {"isa", py_isa, METH_VARARGS, "isa(isa=0) -> the kernel name used for that request on this CPU, or None."},
+    {"filter", py_filter, METH_VARARGS,
+     "filter(isa=0) -> {arithmetic, min_queries, rows, queries_per_tile} of that kernel's filter for FP16 batches "
+     "(batches of min_queries or more are filtered in 'fp16' or 'bf16' arithmetic, then refined), or None."},
     {"fma_rate", py_fma_rate, METH_VARARGS,
      "fma_rate(kind, seconds=0.2) -> float: this thread's multiply-add flops per second (FMAs in registers, no memory "
-     "traffic), kind 0 float32 (AVX-512 or AVX2) or 1 FP16 (AVX512-FP16); 0.0 where the CPU has none. Releases the "
-     "GIL."},
+     "traffic), kind 0 float32 (AVX-512 or AVX2), 1 FP16 (AVX512-FP16) or 2 BF16 dot products (AVX512-BF16, two "
+     "products per float32 lane); 0.0 where the CPU has none. Releases the GIL."},
     {NULL, NULL, 0, NULL},
 };
 

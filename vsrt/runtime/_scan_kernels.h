@@ -19,7 +19,8 @@
 #endif
 
 enum { CODE_F32 = 0, CODE_F16 = 1, CODE_I8 = 2 };
-enum { ISA_AUTO = 0, ISA_GENERIC = 1, ISA_AVX2 = 2, ISA_AVX512 = 3, ISA_NEON = 4, ISA_AVX512FP16 = 5 };
+enum { ISA_AUTO = 0, ISA_GENERIC = 1, ISA_AVX2 = 2, ISA_AVX512 = 3, ISA_NEON = 4, ISA_AVX512FP16 = 5, ISA_AVX512BF16 = 6,
+       ISA_COUNT };
 
 #define ROWS_PER_TILE 4 /* rows decoded once per tile and reused for every query tile */
 #define MAX_QUERY_TILE 6
@@ -329,7 +330,9 @@ DEFINE_AVX2_TILE(f16, CODE_F16)
 DEFINE_AVX2_TILE(i8, CODE_I8)
 #endif /* VSRT_X86 */
 
+#include "_scan_filter.h"
 #include "_scan_fp16.h"
+#include "_scan_bf16.h"
 
 #if defined(__aarch64__)
 /* AArch64 (Jetson): NEON, 4 lanes, 32 registers: 4 rows x 6 queries = 24 accumulators. */
@@ -367,21 +370,25 @@ typedef struct {
     int rows_per_tile;  /* full tiles; the last rows of a block go one at a time */
     int max_query_tile;
     int lanes;          /* floats per inner step */
-    int f16;            /* FP16 batches of F16_MIN_QUERIES or more go through scan_block_f16 */
+    const FilterKernel *filter; /* or NULL: FP16 batches of its min_queries or more go through scan_block_filtered */
 } Isa;
 
 static const Isa ISA_TABLE_GENERIC = {"generic", {tile_generic_f32, tile_generic_f16, tile_generic_i8}, 4, 4,
-                                      LANES_GENERIC, 0};
+                                      LANES_GENERIC, NULL};
 #if defined(__aarch64__)
-static const Isa ISA_TABLE_NEON = {"neon", {tile_neon_f32, tile_neon_f16, tile_neon_i8}, 4, 6, 4, 0};
+static const Isa ISA_TABLE_NEON = {"neon", {tile_neon_f32, tile_neon_f16, tile_neon_i8}, 4, 6, 4, NULL};
 #endif
 #if VSRT_X86
-static const Isa ISA_TABLE_AVX2 = {"avx2", {tile_avx2_f32, tile_avx2_f16, tile_avx2_i8}, 3, 4, 8, 0};
-static const Isa ISA_TABLE_AVX512 = {"avx512", {tile_avx512_f32, tile_avx512_f16, tile_avx512_i8}, 4, 6, 16, 0};
+static const Isa ISA_TABLE_AVX2 = {"avx2", {tile_avx2_f32, tile_avx2_f16, tile_avx2_i8}, 3, 4, 8, NULL};
+static const Isa ISA_TABLE_AVX512 = {"avx512", {tile_avx512_f32, tile_avx512_f16, tile_avx512_i8}, 4, 6, 16, NULL};
+/* The filter kernels: AVX-512 for FP32, INT8 and single FP16 queries (memory-bound there already) */
 #if VSRT_FP16
-/* AVX-512 for FP32, INT8 and single FP16 queries (memory-bound there already) */
 static const Isa ISA_TABLE_AVX512FP16 = {"avx512fp16", {tile_avx512_f32, tile_avx512_f16, tile_avx512_i8}, 4, 6, 16,
-                                         1};
+                                         &FILTER_FP16};
+#endif
+#if VSRT_BF16
+static const Isa ISA_TABLE_AVX512BF16 = {"avx512bf16", {tile_avx512_f32, tile_avx512_f16, tile_avx512_i8}, 4, 6, 16,
+                                         &FILTER_BF16};
 #endif
 #endif
 
@@ -398,6 +405,12 @@ static int cpu_probe(int isa) {
         return cpu_probe(ISA_AVX512) && __get_cpuid_count(7, 0, &a, &b, &c, &dx) && (dx & (1u << 23));
     }
 #endif
+#if VSRT_BF16
+    if (isa == ISA_AVX512BF16) { /* CPUID.(7,1):EAX[5] */
+        unsigned a, b, c, dx;
+        return cpu_probe(ISA_AVX512) && __get_cpuid_count(7, 1, &a, &b, &c, &dx) && (a & (1u << 5));
+    }
+#endif
     if (isa == ISA_AVX2) return avx2;
 #endif
 #if defined(__aarch64__)
@@ -409,8 +422,8 @@ static int cpu_probe(int isa) {
 /* cpu_probe, remembered: CPUID traps to the hypervisor in a VM (measured here: 2.5 us each, 5 us per call of
  * isa_table(ISA_AUTO)), and every scan_block call asks. Threads that race here store the same answer. */
 static int cpu_has(int isa) {
-    static volatile signed char known[ISA_AVX512FP16 + 1]; /* 0: not probed yet, 1: no, 2: yes */
-    if (isa < 0 || isa > ISA_AVX512FP16) return 0;
+    static volatile signed char known[ISA_COUNT]; /* 0: not probed yet, 1: no, 2: yes */
+    if (isa < 0 || isa >= ISA_COUNT) return 0;
     if (!known[isa]) known[isa] = (signed char)(cpu_probe(isa) ? 2 : 1);
     return known[isa] == 2;
 }
@@ -418,6 +431,7 @@ static int cpu_has(int isa) {
 static const Isa *isa_table(int isa) {
     if (isa == ISA_AUTO)
         isa = cpu_has(ISA_AVX512FP16) ? ISA_AVX512FP16
+              : cpu_has(ISA_AVX512BF16) ? ISA_AVX512BF16
               : cpu_has(ISA_AVX512) ? ISA_AVX512
               : cpu_has(ISA_AVX2) ? ISA_AVX2
               : cpu_has(ISA_NEON) ? ISA_NEON
@@ -427,6 +441,9 @@ static const Isa *isa_table(int isa) {
     if (isa == ISA_AVX512) return &ISA_TABLE_AVX512;
 #if VSRT_FP16
     if (isa == ISA_AVX512FP16) return &ISA_TABLE_AVX512FP16;
+#endif
+#if VSRT_BF16
+    if (isa == ISA_AVX512BF16) return &ISA_TABLE_AVX512BF16;
 #endif
     if (isa == ISA_AVX2) return &ISA_TABLE_AVX2;
 #endif
@@ -454,11 +471,11 @@ static int scan_block(const Isa *isa, int kind, const char *codes, int64_t n, in
         memcpy(packed + q * qs, queries + q * d, sizeof(float) * (size_t)d);
         memset(packed + q * qs + d, 0, sizeof(float) * (size_t)(qs - d));
     }
-#if !VSRT_FP16
+#if !VSRT_FILTER
     (void)floors;
 #else
-    if (isa->f16 && kind == CODE_F16 && m >= F16_MIN_QUERIES) {
-        const int ok = scan_block_f16(codes, n, d, queries, packed, qs, m, floors, heaps);
+    if (isa->filter && kind == CODE_F16 && m >= isa->filter->min_queries) {
+        const int ok = scan_block_filtered(isa->filter, codes, n, d, queries, packed, qs, m, floors, heaps);
         free(packed);
         return ok;
     }

@@ -232,8 +232,12 @@ def diagnose(probe: Probe | None = None) -> list[Check]:
         from vsrt.runtime.search import available_isas
 
         isas = available_isas(scan)
+        filt = scan.filter(0) if hasattr(scan, "filter") else None
+        how = (f"; FP16 batches of {filt['min_queries']}+ queries filtered in {filt['arithmetic'].upper()}, then "
+               "re-scored exactly" if filt else "")
         checks.append(Check("search-kernel", "ok", f"native fused scan kernel built; runs '{scan.isa(0)}' here "
-                            f"(available: {', '.join(isas)})", data={"isa": scan.isa(0), "isas": isas}))
+                            f"(available: {', '.join(isas)}{how})",
+                            data={"isa": scan.isa(0), "isas": isas, "filter": filt}))
     else:
         checks.append(Check("search-kernel", "missing", "native scan kernel not built: exact search falls back to "
                             "ONNX Runtime (several times slower on FP16/INT8 galleries)",
