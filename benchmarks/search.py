@@ -5,6 +5,8 @@ format, memory-mapped), top-10 for query batches of 1, 4, 8 and 32:
 
 * ``vsrt`` — :func:`vsrt.runtime.search.exact_search` with its default kernel (the fused native scan where it was
   built: decode, FMA and top-k in one pass; bounded memory);
+* ``vsrt-avx512`` — on CPUs whose native kernel filters FP16 batches (AVX512-FP16 / AVX512-BF16), the same search
+  on FP16 storage with that filter off (the AVX-512 float32 kernel), to show what the filter gains;
 * ``vsrt-ort`` — the same search with the ONNX Runtime block kernel (``Cast`` → ``MatMul`` → ``TopK``), the fallback
   where the native kernel is not built;
 * ``numpy`` — plain numpy: the stored array converted to float32 (in 64K-row slices, so the 1M gallery fits in
@@ -53,7 +55,7 @@ from _common import RESULTS, machine, write_results  # noqa: E402
 
 from vsrt.runtime.doctor import system_metadata  # noqa: E402
 from vsrt.runtime.gallery import Gallery, GalleryError  # noqa: E402
-from vsrt.runtime.search import default_threads, exact_search, native_kernel_info  # noqa: E402
+from vsrt.runtime.search import NativeKernel, default_threads, exact_search, native_kernel_info  # noqa: E402
 
 K = 10
 SEED = 0
@@ -312,6 +314,16 @@ def numpy_search(blocks: list, q: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     return np.take_along_axis(scores.T, idx, axis=1), idx
 
 
+_AVX512: list[NativeKernel] = []
+
+
+def _avx512_kernel() -> NativeKernel:
+    """The native module's AVX-512 float32 kernel (no FP16 / BF16 filter), made once."""
+    if not _AVX512:
+        _AVX512.append(NativeKernel("avx512"))
+    return _AVX512[0]
+
+
 def faiss_index(blocks: list, d: int, kind: str, storage: str) -> Any:
     import faiss
 
@@ -352,6 +364,8 @@ def bench_size(n: int, d: int, storages: list[str], batches: list[int], engines:
             index = None
             if engine == "faiss-sq" and storage == "fp32":
                 continue
+            if engine == "vsrt-avx512" and (storage != "fp16" or not native_kernel_info().get("filter")):
+                continue
             if engine == "faiss-flat" and storage != flat_storage:
                 continue
             if engine.startswith("faiss"):
@@ -372,6 +386,7 @@ def bench_size(n: int, d: int, storages: list[str], batches: list[int], engines:
                 print(f"  {n} {storage} batch {m}: {engine}", flush=True)
                 work = {"vsrt": lambda q=q, b=blocks: exact_search(b, q, K),
                         "vsrt-ort": lambda q=q, b=blocks: exact_search(b, q, K, kernel="ort"),
+                        "vsrt-avx512": lambda q=q, b=blocks: exact_search(b, q, K, kernel=_avx512_kernel()),
                         "numpy": lambda q=q, b=blocks: numpy_search(b, q, K)}.get(
                             engine, lambda q=q, index=index: index.search(q, K))
                 t = timed_against_limits(work, repeats if engine.startswith("vsrt") else slow_repeats, probes,
@@ -387,11 +402,14 @@ def bench_size(n: int, d: int, storages: list[str], batches: list[int], engines:
             gc.collect()
         del blocks, g
         gc.collect()
-    for r in rows:  # speed-up over numpy on the same storage and batch
-        base = next((b for b in rows if b["engine"] == "numpy" and b["n"] == r["n"] and b["storage"] == r["storage"]
-                     and b["batch"] == r["batch"] and "median_ms" in b), None)
-        if base and "median_ms" in r:
-            r["speedup_vs_numpy"] = base["median_ms"] / r["median_ms"]
+    for r in rows:  # speed-ups over numpy, and of vsrt over its AVX-512 kernel alone, on the same storage and batch
+        for engine, key in (("numpy", "speedup_vs_numpy"), ("vsrt-avx512", "speedup_vs_avx512_kernel")):
+            if key == "speedup_vs_avx512_kernel" and r["engine"] != "vsrt":
+                continue
+            base = next((b for b in rows if b["engine"] == engine and b["n"] == r["n"] and b["storage"] == r["storage"]
+                         and b["batch"] == r["batch"] and "median_ms" in b), None)
+            if base and "median_ms" in r:
+                r[key] = base["median_ms"] / r["median_ms"]
     return rows
 
 
@@ -436,7 +454,7 @@ def plot(rows: list[dict[str, Any]], path: Path, bw: float) -> None:
 
 
 def _series(rows: list[dict[str, Any]], n: int) -> list[tuple[tuple[str, str], str]]:
-    colors = {"vsrt": "C0", "numpy": "C1", "faiss-flat": "C2", "faiss-sq": "C3", "vsrt-ort": "C5"}
+    colors = {"vsrt": "C0", "numpy": "C1", "faiss-flat": "C2", "faiss-sq": "C3", "vsrt-ort": "C5", "vsrt-avx512": "C6"}
     marks = {"fp32": "o-", "fp16": "s-", "int8": "^-"}
     keys = sorted({(r["storage"], r["engine"]) for r in rows if r["n"] == n})
     return [((s, e), f"{colors.get(e, 'C4')}{marks.get(s, 'x-')}") for s, e in keys]
@@ -501,7 +519,7 @@ def main() -> int:
     ap.add_argument("--storages-large", default="fp32,fp16,int8", help="storages for sizes above --large")
     ap.add_argument("--keep", action="store_true", help="keep the generated galleries in --workdir for re-runs")
     ap.add_argument("--large", type=int, default=200_000)
-    ap.add_argument("--engines", default="vsrt,vsrt-ort,numpy,faiss-flat,faiss-sq")
+    ap.add_argument("--engines", default="vsrt,vsrt-avx512,vsrt-ort,numpy,faiss-flat,faiss-sq")
     ap.add_argument("--batches-large", default="1,4,8,32", help="query batches for sizes above --large")
     ap.add_argument("--repeats", type=int, default=5, help="timed runs of vsrt search per point")
     ap.add_argument("--slow-repeats", type=int, default=2, help="timed runs of numpy / faiss per point")

@@ -63,13 +63,13 @@ def test_exact_search_equals_brute_force(tmp_path: Path, storage: str, kernel: s
 def test_native_blocks_are_large_but_spread_over_the_threads() -> None:
     cap = DEFAULT_NATIVE_BLOCK_BYTES // (2048 * 2)
     assert default_block_rows(2048, np.float16, "native") == cap  # no gallery size given: the byte cap
-    assert default_block_rows(2048, np.float16, "native", 1_000_000, 2) == cap  # 1M rows: capped, 62 blocks
+    assert default_block_rows(2048, np.float16, "native", 1_000_000, 2) == cap  # 1M rows: capped, 16 blocks
     assert default_block_rows(2048, np.float32, "native", 1_000_000, 2) == cap // 2
     assert default_block_rows(2048, np.int8, "native", 1_000_000, 2) == cap * 2
     for total, threads in [(100_000, 2), (60_000, 3), (20_000, 2), (9_999, 4)]:
         rows = default_block_rows(2048, np.float16, "native", total, threads)
         assert rows <= cap and -(-total // rows) >= threads * NATIVE_BLOCKS_PER_THREAD, (total, threads, rows)
-    assert default_block_rows(2048, np.float16, "native", 1000, 2) == 256  # never below 256 rows per call
+    assert default_block_rows(2048, np.float16, "native", 300, 2) == 256  # never below 256 rows per call
     assert default_block_rows(2048, np.float16, "ort", 1_000_000, 2) == default_block_rows(2048, np.float16, "ort")
 
 
