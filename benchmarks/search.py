@@ -6,7 +6,8 @@ format, memory-mapped), top-10 for query batches of 1, 4, 8 and 32:
 * ``vsrt`` — :func:`vsrt.runtime.search.exact_search` with its default kernel (the fused native scan where it was
   built: decode, FMA and top-k in one pass; bounded memory);
 * ``vsrt-avx512`` — on CPUs whose native kernel filters FP16 batches (AVX512-FP16 / AVX512-BF16), the same search
-  on FP16 storage with that filter off (the AVX-512 float32 kernel), to show what the filter gains;
+  on FP16 storage with that filter off (the AVX-512 float32 kernel), timed interleaved with ``vsrt`` (one run of
+  each per round), to show what the filter gains (``speedup_vs_avx512_kernel``);
 * ``vsrt-ort`` — the same search with the ONNX Runtime block kernel (``Cast`` → ``MatMul`` → ``TopK``), the fallback
   where the native kernel is not built;
 * ``numpy`` — plain numpy: the stored array converted to float32 (in 64K-row slices, so the 1M gallery fits in
@@ -192,26 +193,31 @@ class Probes:
         return bw, 2 * 2048 * 2048 * 32 / g / 1e9
 
 
-def timed_against_limits(fn, repeats: int, probes: Probes, nbytes: int, flops: float) -> dict[str, Any]:
-    """:func:`_best` with the limits sampled before every run: per run, time / (bytes at the bandwidth just measured)
-    and time / max(that, flops at the GEMM rate just measured); the medians are the side-by-side ratios."""
-    times, to_bw, to_roof, bws, gemms = [], [], [], [], []
-    out = None
+def timed_against_limits(fns: dict[str, Any], repeats: int, probes: Probes, nbytes: int, flops: float
+                         ) -> dict[str, dict[str, Any]]:
+    """:func:`_best` for each of ``fns`` (by name), with the limits sampled before every run: per run, time / (bytes at
+    the bandwidth just measured) and time / max(that, flops at the GEMM rate just measured); the medians are the
+    side-by-side ratios. Several functions run interleaved, one run of each per round, so that the drift of this
+    shared machine's speed falls on all of them alike."""
+    log: dict[str, dict[str, list]] = {name: {k: [] for k in ("times", "to_bw", "to_roof", "bws", "gemms")}
+                                       for name in fns}
+    out: dict[str, Any] = {}
     for _ in range(repeats):
-        bw, gemm = probes.sample()
-        t = time.perf_counter()
-        out = fn()
-        dt = (time.perf_counter() - t) * 1e3
-        lim_bw, lim_c = nbytes / (bw * 1e9) * 1e3, flops / (gemm * 1e9) * 1e3
-        times.append(dt)
-        to_bw.append(dt / lim_bw)
-        to_roof.append(dt / max(lim_bw, lim_c))
-        bws.append(bw)
-        gemms.append(gemm)
-    return {"min_ms": float(np.min(times)), "median_ms": float(np.median(times)), "repeats": repeats, "result": out,
-            "times_ms": times, "adjacent_read_gbps": bws, "adjacent_gemm_gflops": gemms,
-            "ratio_to_adjacent_bandwidth_limit": float(np.median(to_bw)),
-            "ratio_to_adjacent_roofline": float(np.median(to_roof))}
+        for name, fn in fns.items():
+            bw, gemm = probes.sample()
+            t = time.perf_counter()
+            out[name] = fn()
+            dt = (time.perf_counter() - t) * 1e3
+            lim_bw, lim_c = nbytes / (bw * 1e9) * 1e3, flops / (gemm * 1e9) * 1e3
+            for key, value in (("times", dt), ("to_bw", dt / lim_bw), ("to_roof", dt / max(lim_bw, lim_c)),
+                               ("bws", bw), ("gemms", gemm)):
+                log[name][key].append(value)
+    return {name: {"min_ms": float(np.min(v["times"])), "median_ms": float(np.median(v["times"])), "repeats": repeats,
+                   "result": out[name], "times_ms": v["times"], "adjacent_read_gbps": v["bws"],
+                   "adjacent_gemm_gflops": v["gemms"],
+                   "ratio_to_adjacent_bandwidth_limit": float(np.median(v["to_bw"])),
+                   "ratio_to_adjacent_roofline": float(np.median(v["to_roof"]))}
+            for name, v in log.items()}
 
 
 def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -364,7 +370,8 @@ def bench_size(n: int, d: int, storages: list[str], batches: list[int], engines:
             index = None
             if engine == "faiss-sq" and storage == "fp32":
                 continue
-            if engine == "vsrt-avx512" and (storage != "fp16" or not native_kernel_info().get("filter")):
+            filtered = storage == "fp16" and bool(native_kernel_info().get("filter"))
+            if engine == "vsrt-avx512" and (not filtered or "vsrt" in engines):  # runs beside vsrt, or not at all
                 continue
             if engine == "faiss-flat" and storage != flat_storage:
                 continue
@@ -389,15 +396,19 @@ def bench_size(n: int, d: int, storages: list[str], batches: list[int], engines:
                         "vsrt-avx512": lambda q=q, b=blocks: exact_search(b, q, K, kernel=_avx512_kernel()),
                         "numpy": lambda q=q, b=blocks: numpy_search(b, q, K)}.get(
                             engine, lambda q=q, index=index: index.search(q, K))
-                t = timed_against_limits(work, repeats if engine.startswith("vsrt") else slow_repeats, probes,
-                                         nbytes, 2 * n * d * m)
-                got = t.pop("result")[1]
-                recall_fp32 = float(np.mean([len(np.intersect1d(a, b)) / K for a, b in zip(got, ref_all[:m])]))
-                rows.append({**common, "engine": engine, **t, "per_query_ms": t["median_ms"] / m,
-                             "ratio_to_bandwidth_limit": t["median_ms"] / limit_bw,
-                             "ratio_to_roofline": t["median_ms"] / max(limit_bw, limit_compute),
-                             "effective_gbps": nbytes / (t["median_ms"] / 1e3) / 1e9,
-                             "recall_at_10_vs_exact_fp32": recall_fp32})
+                fns = {engine: work}
+                if engine == "vsrt" and filtered and "vsrt-avx512" in engines:
+                    fns["vsrt-avx512"] = lambda q=q, b=blocks: exact_search(b, q, K, kernel=_avx512_kernel())
+                timed = timed_against_limits(fns, repeats if engine.startswith("vsrt") else slow_repeats, probes,
+                                             nbytes, 2 * n * d * m)
+                for name, t in timed.items():
+                    got = t.pop("result")[1]
+                    recall_fp32 = float(np.mean([len(np.intersect1d(a, b)) / K for a, b in zip(got, ref_all[:m])]))
+                    rows.append({**common, "engine": name, **t, "per_query_ms": t["median_ms"] / m,
+                                 "ratio_to_bandwidth_limit": t["median_ms"] / limit_bw,
+                                 "ratio_to_roofline": t["median_ms"] / max(limit_bw, limit_compute),
+                                 "effective_gbps": nbytes / (t["median_ms"] / 1e3) / 1e9,
+                                 "recall_at_10_vs_exact_fp32": recall_fp32})
             del index
             gc.collect()
         del blocks, g
