@@ -189,6 +189,24 @@ def test_inputs_it_must_copy_or_refuse(tmp_path: Path) -> None:
 
 
 @needs_native
+@pytest.mark.parametrize("isa", ISAS)
+def test_exact_search_runs_a_given_cpu_kernel(isa: str) -> None:
+    """exact_search takes a kernel object (how the search benchmark runs the AVX-512 kernel beside the filtered one):
+    each CPU kernel, through the blocks and threads, equals brute force; queries of another dtype are converted, not
+    misread as float32."""
+    rng = np.random.default_rng(13)
+    codes = rng.standard_normal((5000, 64)).astype(np.float16)
+    q = rng.standard_normal((9, 64))  # float64
+    ref_s, ref_i = (q.astype(np.float32) @ codes.astype(np.float32).T), None
+    ref_i = np.argsort(-ref_s, axis=1, kind="stable")[:, :7]
+    kernel = NativeKernel(isa)
+    s, i = exact_search([(0, codes, None)], q, 7, block_rows=600, threads=2, kernel=kernel)
+    assert np.array_equal(i, ref_i)
+    s2, i2 = kernel(codes, None, q, 7)  # called directly with float64 queries: converted
+    assert np.array_equal(i2.T, ref_i) and np.allclose(s2.T, s, atol=1e-4)
+
+
+@needs_native
 def test_threads_scan_in_parallel_with_the_same_result() -> None:
     """The GIL is released: blocks scanned from several threads give the single-thread result."""
     rng = np.random.default_rng(4)

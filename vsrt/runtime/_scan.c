@@ -36,9 +36,10 @@ PyDoc_STRVAR(topk_doc,
              "Exact top-k inner products of m float32 queries [m, d] over n C-contiguous code rows [n, d]\n"
              "(kind 0 float32, 1 float16, 2 int8; scales: float32 [n] or None). Writes best-first scores\n"
              "[m, k] and row indices [m, k] (int64) and returns min(k, n). isa: 0 auto, 1 generic, 2 avx2,\n"
-             "3 avx512, 4 neon, 5 avx512fp16, 6 avx512bf16. floors: float32 [m] or None; rows scoring below floors[q] may be\n"
-             "left out of query q's result, whose missing entries are then score -inf and index -1 (pass a\n"
-             "lower bound on each query's final k-th best score, from blocks already scanned). Releases the GIL.");
+             "3 avx512, 4 neon, 5 avx512fp16, 6 avx512bf16. floors: float32 [m] or None; rows scoring below\n"
+             "floors[q] may be left out of query q's result, whose missing entries are then score -inf and\n"
+             "index -1 (pass a lower bound on each query's final k-th best score, from blocks already scanned).\n"
+             "Releases the GIL.");
 
 static PyObject *py_topk(PyObject *self, PyObject *args) {
     (void)self;
