@@ -40,6 +40,7 @@ each size unless --keep is given.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -320,14 +321,10 @@ def numpy_search(blocks: list, q: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     return np.take_along_axis(scores.T, idx, axis=1), idx
 
 
-_AVX512: list[NativeKernel] = []
-
-
+@functools.cache
 def _avx512_kernel() -> NativeKernel:
     """The native module's AVX-512 float32 kernel (no FP16 / BF16 filter), made once."""
-    if not _AVX512:
-        _AVX512.append(NativeKernel("avx512"))
-    return _AVX512[0]
+    return NativeKernel("avx512")
 
 
 def faiss_index(blocks: list, d: int, kind: str, storage: str) -> Any:
@@ -394,11 +391,10 @@ def bench_size(n: int, d: int, storages: list[str], batches: list[int], engines:
                 work = {"vsrt": lambda q=q, b=blocks: exact_search(b, q, K),
                         "vsrt-ort": lambda q=q, b=blocks: exact_search(b, q, K, kernel="ort"),
                         "vsrt-avx512": lambda q=q, b=blocks: exact_search(b, q, K, kernel=_avx512_kernel()),
-                        "numpy": lambda q=q, b=blocks: numpy_search(b, q, K)}.get(
-                            engine, lambda q=q, index=index: index.search(q, K))
-                fns = {engine: work}
+                        "numpy": lambda q=q, b=blocks: numpy_search(b, q, K)}
+                fns = {engine: work.get(engine, lambda q=q, index=index: index.search(q, K))}
                 if engine == "vsrt" and filtered and "vsrt-avx512" in engines:
-                    fns["vsrt-avx512"] = lambda q=q, b=blocks: exact_search(b, q, K, kernel=_avx512_kernel())
+                    fns["vsrt-avx512"] = work["vsrt-avx512"]
                 timed = timed_against_limits(fns, repeats if engine.startswith("vsrt") else slow_repeats, probes,
                                              nbytes, 2 * n * d * m)
                 for name, t in timed.items():

@@ -38,8 +38,8 @@ static inline __attribute__((always_inline)) BF16_TARGET __m512i bf16_pack(__m51
     return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
 }
 
-/* Rounds and packs the queries (rows `d` floats apart) into fq->qh and computes the bound constants (inv_scale 1,
- * coef, offset). Returns 0 if out of memory. */
+/* Rounds and packs the queries (rows `d` floats apart) into fq->qh and computes the bound constants (coef, offset;
+ * inv_scale stays unused: the queries are not scaled). Returns 0 if out of memory. */
 BF16_TARGET static int bf16_prepare(const float *queries, int64_t m, int64_t d, FilterQueries *fq) {
     if (!filter_queries_alloc(fq, m, d)) return 0;
     const double u = 0x1p-8, v = 0x1p-24, steps = (double)((d + 31) / 32);
@@ -66,7 +66,6 @@ BF16_TARGET static int bf16_prepare(const float *queries, int64_t m, int64_t d, 
         const int64_t padded = (d + 31) / 32 * 32;
         memset(h + padded, 0, sizeof(uint16_t) * (size_t)(fq->qhs - padded));
         const double qn = sqrt(_mm512_reduce_add_pd(qn8)) * (1.0 + 1e-12);
-        fq->inv_scale[q] = 1.0f;
         fq->coef[q] = isfinite(qn) && qn <= 0x1p100 ? (float)(rel * qn * 1.01) : INFINITY; /* inf: always refine */
         fq->offset[q] = offset;
     }
@@ -103,7 +102,7 @@ static inline __attribute__((always_inline)) BF16_TARGET void bf16_tile_rq(const
                                                                           const float *inv_scale, const int R,
                                                                           const int Q, const int NORM, float *sc,
                                                                           float *nrm, Prefetch *next) {
-    (void)inv_scale; /* all 1: the queries are not scaled */
+    (void)inv_scale; /* unused: the queries are not scaled */
     __m512 acc[BF16_ROWS][BF16_GROUP], nacc[BF16_ROWS];
     for (int r = 0; r < R; ++r) {
         nacc[r] = _mm512_setzero_ps();

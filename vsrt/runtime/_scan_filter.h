@@ -39,7 +39,8 @@
 typedef struct {
     uint16_t *qh;    /* the queries as the kernel's 16-bit numbers, qhs apart, zero-padded to a multiple of 32 */
     int64_t qhs;
-    float *inv_scale, *coef, *offset; /* per query: the factor of the filter's sums, the bound's coef and offset */
+    float *inv_scale, *coef, *offset; /* per query: the factor of the filter's sums (if the kernel scales), the
+                                       * bound's coef and offset */
     float norm_rel, norm_abs;         /* |g|^2 <= (N + norm_abs) / (1 - norm_rel) */
 } FilterQueries;
 
